@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the tests).
+# Both create .venv and install everything on first use; later runs skip installation
+# (the stamp is keyed on pyproject.toml's content).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# On a CUDA machine `make EXTRAS=gpu,dev TORCH=torch ...` installs plain vllm and a CUDA torch.
+EXTRAS ?= vllm,dev
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test test-unit test-integration bench lint schema clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch first, from the local wheel: never let a dependency pull a CUDA build.
+	$(PY) -m pip install -q '$(TORCH)'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	# PyPI's torchvision/torchaudio break `transformers` imports next to the CPU torch.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	@if ! command -v bwrap >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; fi
+	@rm -f $(VENV)/.installed-*; touch $@
+
+demo: install
+	$(VENV)/bin/agentfactory demo
+
+test: install
+	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests/integration
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+test-integration: install
+	$(PY) -m pytest -q tests/integration
+
+bench: install
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+lint: install
+	$(VENV)/bin/ruff check agentfactory tests bench
+	$(VENV)/bin/ruff format --check agentfactory tests bench
+
+schema: install
+	$(PY) -m agentfactory.tools.schema
+
+clean:
+	rm -rf $(VENV) .pytest_cache
