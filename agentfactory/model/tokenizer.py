@@ -1,0 +1,128 @@
+"""Byte-level BPE tokenizer with the Kimi K2 special tokens, saved as a Hugging Face tokenizer.
+
+Trained with `tokenizers` on a text corpus; saved with the chat template (`chat_template.jinja`, the K2
+format of `chat.py`) inside tokenizer_config.json, so `transformers.AutoTokenizer.from_pretrained(dir)` and
+vLLM load it offline and render chats exactly as `chat.render` does.
+
+Choices, and why:
+- Byte-level: every string is encodable, no [UNK] ever appears (the token exists for tools that expect it).
+- Digits split one per token (`Digits(individual_digits=True)` before ByteLevel): a small model copies an
+  order id or a number digit by digit far more reliably than through arbitrary multi-digit merges
+  (see shared/notes/cpu-learning.md).
+- Special tokens take ids 0..15 in `chat.SPECIAL_TOKENS` order, the same for every vocab size; the
+  eos token is `<|im_end|>` (where an assistant turn, and so generation, stops) and `[EOS]` stays
+  available as a document separator for pretraining. No BOS/EOS is added on encode (Kimi K2 adds none).
+- `<think>`/`</think>` are atomic but not "special": they survive `decode(skip_special_tokens=True)`, so
+  reasoning parsers still see them; the tool-call markers are special (vLLM turns skipping off for tools).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agentfactory.model.chat import (
+    BOS,
+    CHAT_TEMPLATE,
+    IM_END,
+    PAD,
+    SPECIAL_TOKENS,
+    THINK_BEGIN,
+    THINK_END,
+    UNK,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+NON_SPECIAL = (THINK_BEGIN, THINK_END)  # atomic added tokens that decoding never skips
+
+
+def _added_token(content: str):
+    from tokenizers import AddedToken
+
+    return AddedToken(content, special=content not in NON_SPECIAL, normalized=False)
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str | Path | None = None,
+    *,
+    min_frequency: int = 2,
+    model_max_length: int = 131072,
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE of `vocab_size` tokens in total (special tokens and the 256 byte symbols
+    included) on `texts`; save it to `out_dir` when given. Deterministic for a given corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    n_min = len(SPECIAL_TOKENS) + 256
+    if vocab_size < n_min:
+        raise ValueError(
+            f"vocab_size must be at least {n_min} (special tokens + 256 bytes), got {vocab_size}"
+        )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)  # offsets only; adds no tokens
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[_added_token(t) for t in SPECIAL_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    hf = wrap_tokenizer(tok, model_max_length=model_max_length)
+    if out_dir is not None:
+        save_tokenizer(hf, out_dir)
+    return hf
+
+
+def wrap_tokenizer(tok, *, model_max_length: int = 131072) -> PreTrainedTokenizerFast:
+    """A `tokenizers.Tokenizer` holding `SPECIAL_TOKENS` as a `PreTrainedTokenizerFast` with the chat
+    template and the named special tokens set."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok.add_special_tokens([_added_token(t) for t in SPECIAL_TOKENS if t not in NON_SPECIAL])
+    tok.add_tokens([_added_token(t) for t in NON_SPECIAL])
+    named = {BOS, IM_END, PAD, UNK}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=IM_END,
+        pad_token=PAD,
+        unk_token=UNK,
+        extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in named and t not in NON_SPECIAL],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> Path:
+    """Save as a HF tokenizer dir, the chat template inside tokenizer_config.json (readable by old and
+    new `transformers` and by vLLM) rather than only in a chat_template.jinja file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out), save_jinja_files=False)
+    return out
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a saved tokenizer offline and check that every K2 special token is a single token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    for i, t in enumerate(SPECIAL_TOKENS):
+        if tok.convert_tokens_to_ids(t) != i:
+            raise ValueError(f"{path}: special token {t} does not have id {i}")
+    if not tok.chat_template:
+        raise ValueError(f"{path}: tokenizer has no chat template")
+    return tok
