@@ -47,7 +47,7 @@ lint: install
 	$(VENV)/bin/ruff format --check agentfactory tests bench
 
 schema: install
-	$(PY) -m agentfactory.tools.schema
+	$(VENV)/bin/agentfactory domains schema --out tools_repo/schema/domain.schema.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

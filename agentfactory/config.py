@@ -35,7 +35,8 @@ class SourceError:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}: {self.message}"
+        where = f"{self.file}:{self.line}:{self.col}" if self.line else self.file
+        return f"{where}: {self.message}"
 
 
 class ConfigError(Exception):
@@ -52,6 +53,7 @@ class Positions:
     def __init__(self, file: str, marks: dict[Loc, tuple[int, int]] | None = None):
         self.file = file
         self.marks = marks or {}
+        self.overrides: dict[Loc, str] = {}  # values that came from `--set`, not from the file
 
     def at(self, loc: Iterable[str | int]) -> tuple[int, int]:
         """Line/col of `loc`, or of its nearest located ancestor (e.g. a missing key's parent)."""
@@ -61,6 +63,11 @@ class Positions:
         return self.marks.get(loc, (1, 1))
 
     def error(self, loc: Iterable[str | int], message: str) -> SourceError:
+        loc = tuple(loc)
+        for key, item in self.overrides.items():  # the override created or replaced this location
+            n = min(len(key), len(loc))
+            if n and key[:n] == loc[:n]:
+                return SourceError(f"--set {item}", 0, 0, message)
         line, col = self.at(loc)
         return SourceError(self.file, line, col, message)
 
@@ -109,6 +116,8 @@ def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, Positions]:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = " ".join(p for p in (e.context, e.problem) if p)
+        if e.context_mark and e.problem_mark and e.context_mark.line != e.problem_mark.line:
+            what += f" (the construct started on line {e.context_mark.line + 1})"
         raise ConfigError([SourceError(file, line, col, f"invalid YAML: {what}")]) from None
     except yaml.YAMLError as e:  # reader errors (control characters) carry a position too
         line, col = (getattr(e, "line", 0) + 1, getattr(e, "column", 0) + 1)
@@ -149,7 +158,7 @@ def pydantic_errors(err: ValidationError, positions: Positions) -> list[SourceEr
         # Drop the union-tag segments pydantic inserts (e.g. 'replace' in ('effect', 0, 'replace', 'x')).
         data_loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
         where = ".".join(str(p) for p in data_loc) or "<root>"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = f"unknown key '{data_loc[-1]}'"
             where = ".".join(str(p) for p in data_loc[:-1]) or "<root>"
@@ -176,7 +185,7 @@ def apply_overrides(data: dict, overrides: Iterable[str], positions: Positions |
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError([SourceError("--set", 1, 1, f"override {item!r} is not KEY=VALUE (e.g. seed=3)")])
+            raise ConfigError([SourceError("--set", 0, 0, f"override {item!r} is not KEY=VALUE (e.g. seed=3)")])
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -189,12 +198,12 @@ def apply_overrides(data: dict, overrides: Iterable[str], positions: Positions |
                 child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(
-                    [SourceError("--set", 1, 1, f"override {item!r}: '{part}' is a value, not a section")]
+                    [SourceError("--set", 0, 0, f"override {item!r}: '{part}' is a value, not a section")]
                 )
             node = child
         node[parts[-1]] = value
         if positions is not None:  # errors in overridden values point at the override, not the file
-            positions.marks.pop(tuple(parts), None)
+            positions.overrides[tuple(parts)] = item
     return data
 
 

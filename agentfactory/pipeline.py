@@ -1,0 +1,82 @@
+"""Pipeline configs (`pipelines/*.yaml`) and `agentfactory run`, which executes their stages in order.
+
+Each stage owns a small config section; a stage that is absent from the file is skipped. The
+run directory `runs/<name>/` collects every stage's outputs, so a rerun can skip finished stages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pydantic import Field
+from rich.console import Console
+from rich.table import Table
+
+from agentfactory.config import StrictModel
+from agentfactory.tools import domain_files, load_domain
+
+
+class DomainsStage(StrictModel):
+    """Load and validate tool domains (the tool repository)."""
+
+    paths: list[str] = Field(default_factory=list, description="domain files or folders; default: tools_repo/domains")
+    include: list[str] | None = Field(None, description="only these domain names (default: all)")
+
+
+class PipelineConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="run name; outputs go to <output_dir>/<name>")
+    seed: int = 0
+    output_dir: str = "runs"
+    domains: DomainsStage | None = DomainsStage()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _domain_paths(stage: DomainsStage) -> list[Path]:
+    if not stage.paths:
+        return domain_files()
+    out: list[Path] = []
+    for p in map(Path, stage.paths):
+        out += sorted(p.glob("*.yaml")) if p.is_dir() else [p]
+    return out
+
+
+def run_domains(stage: DomainsStage, run_dir: Path, console: Console) -> dict:
+    """Validate every domain and print the tool repository; raises ConfigError on a bad domain."""
+    domains = [load_domain(p) for p in _domain_paths(stage)]
+    if stage.include is not None:
+        domains = [d for d in domains if d.name in stage.include]
+    table = Table(title=f"Tool repository: {len(domains)} domains")
+    for col in ("domain", "category", "tools", "tasks", "reads/writes"):
+        table.add_column(col)
+    for d in domains:
+        writes = sum(1 for t in d.tools if t.effect)
+        table.add_row(d.name, d.category, str(len(d.tools)), str(len(d.tasks)), f"{len(d.tools) - writes}/{writes}")
+    console.print(table)
+    summary = {
+        "domains": [
+            {"name": d.name, "category": d.category, "tools": [t.name for t in d.tools], "tasks": [t.id for t in d.tasks]}
+            for d in domains
+        ]
+    }
+    (run_dir / "repository.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_pipeline(config: PipelineConfig, console: Console | None = None) -> dict:
+    """Run the configured stages in order; returns a summary per stage."""
+    console = console or Console()
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=2, by_alias=True))
+    results: dict[str, dict] = {}
+    if config.domains is not None:
+        t0 = time.perf_counter()
+        results["domains"] = run_domains(config.domains, run_dir, console)
+        results["domains"]["seconds"] = round(time.perf_counter() - t0, 3)
+    (run_dir / "summary.json").write_text(json.dumps(results, indent=2))
+    return results
