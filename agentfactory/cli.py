@@ -25,7 +25,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-domains_app = typer.Typer(help="Validate, list and inspect tool domains (tools_repo/domains/*.yaml).", no_args_is_help=True)
+domains_app = typer.Typer(
+    help="Validate, list and inspect tool domains (tools_repo/domains/*.yaml).", no_args_is_help=True
+)
 config_app = typer.Typer(help="Inspect pipeline configs (pipelines/*.yaml).", no_args_is_help=True)
 app.add_typer(domains_app, name="domains")
 app.add_typer(config_app, name="config")
@@ -59,7 +61,9 @@ def main(
 
 @domains_app.command("validate")
 def domains_validate(
-    paths: Annotated[list[Path], typer.Argument(help="domain YAML files (default: all in tools_repo/domains)")] = None,  # noqa: B006, RUF013 - typer needs None for an optional list
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="domain YAML files (default: all in tools_repo/domains)")
+    ] = None,
 ) -> None:
     """Validate domain files; prints one line per error, exits 1 if any file is invalid."""
     from agentfactory.tools import domain_files, load_domain
@@ -68,7 +72,9 @@ def domains_validate(
     for path in paths or domain_files():
         try:
             d = load_domain(path)
-            out.print(f"[green]ok[/] {path} ({d.name}: {len(d.tools)} tools, {len(d.tasks)} tasks)", highlight=False)
+            out.print(
+                f"[green]ok[/] {path} ({d.name}: {len(d.tools)} tools, {len(d.tasks)} tasks)", highlight=False
+            )
         except ConfigError as e:
             failed += 1
             for line in e.errors:

@@ -185,7 +185,9 @@ def apply_overrides(data: dict, overrides: Iterable[str], positions: Positions |
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError([SourceError("--set", 0, 0, f"override {item!r} is not KEY=VALUE (e.g. seed=3)")])
+            raise ConfigError(
+                [SourceError("--set", 0, 0, f"override {item!r} is not KEY=VALUE (e.g. seed=3)")]
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -211,6 +213,8 @@ def load_config(path: str | Path, cls: type[M], overrides: Iterable[str] = ()) -
     """Load a YAML config file into `cls`, applying dotted overrides first."""
     data, positions = load_yaml(path)
     if not isinstance(data, dict):
-        raise ConfigError([positions.error((), f"expected a mapping at the top level, got {type(data).__name__}")])
+        raise ConfigError(
+            [positions.error((), f"expected a mapping at the top level, got {type(data).__name__}")]
+        )
     apply_overrides(data, overrides, positions)
     return validate(cls, data, positions)

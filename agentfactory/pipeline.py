@@ -21,12 +21,16 @@ from agentfactory.tools import domain_files, load_domain
 class DomainsStage(StrictModel):
     """Load and validate tool domains (the tool repository)."""
 
-    paths: list[str] = Field(default_factory=list, description="domain files or folders; default: tools_repo/domains")
+    paths: list[str] = Field(
+        default_factory=list, description="domain files or folders; default: tools_repo/domains"
+    )
     include: list[str] | None = Field(None, description="only these domain names (default: all)")
 
 
 class PipelineConfig(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="run name; outputs go to <output_dir>/<name>")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.\-]+$", description="run name; outputs go to <output_dir>/<name>"
+    )
     seed: int = 0
     output_dir: str = "runs"
     domains: DomainsStage | None = DomainsStage()
@@ -55,11 +59,18 @@ def run_domains(stage: DomainsStage, run_dir: Path, console: Console) -> dict:
         table.add_column(col)
     for d in domains:
         writes = sum(1 for t in d.tools if t.effect)
-        table.add_row(d.name, d.category, str(len(d.tools)), str(len(d.tasks)), f"{len(d.tools) - writes}/{writes}")
+        table.add_row(
+            d.name, d.category, str(len(d.tools)), str(len(d.tasks)), f"{len(d.tools) - writes}/{writes}"
+        )
     console.print(table)
     summary = {
         "domains": [
-            {"name": d.name, "category": d.category, "tools": [t.name for t in d.tools], "tasks": [t.id for t in d.tasks]}
+            {
+                "name": d.name,
+                "category": d.category,
+                "tools": [t.name for t in d.tools],
+                "tasks": [t.id for t in d.tasks],
+            }
             for d in domains
         ]
     }

@@ -23,7 +23,9 @@ JSON = Any  # any JSON-serializable value
 class ToolSpec(StrictModel):
     """A callable tool as the agent sees it, plus where it came from."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$", description="OpenAI-compatible function name")
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$", description="OpenAI-compatible function name"
+    )
     description: str = ""
     parameters: dict[str, JSON] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     returns: JSON | None = Field(None, description="what the tool returns (schema or pointer), informational")
@@ -40,7 +42,7 @@ class ToolSpec(StrictModel):
 
     @classmethod
     def from_openai(cls, tool: dict, **extra: Any) -> ToolSpec:
-        fn = tool["function"] if "function" in tool else tool
+        fn = tool.get("function", tool)
         params = fn.get("parameters") or {"type": "object", "properties": {}}
         return cls(name=fn["name"], description=fn.get("description", ""), parameters=params, **extra)
 
@@ -283,10 +285,15 @@ class Trajectory(StrictModel):
 
     def to_openai(self) -> dict:
         """The conversation as OpenAI chat-completions `messages` + `tools`."""
-        return {"messages": [m.to_openai() for m in self.messages], "tools": [t.to_openai() for t in self.tools]}
+        return {
+            "messages": [m.to_openai() for m in self.messages],
+            "tools": [t.to_openai() for t in self.tools],
+        }
 
     @classmethod
-    def from_openai(cls, task_id: str, messages: list[dict], tools: list[dict] = (), **fields: Any) -> Trajectory:
+    def from_openai(
+        cls, task_id: str, messages: list[dict], tools: list[dict] = (), **fields: Any
+    ) -> Trajectory:
         return cls(
             task_id=task_id,
             messages=[Message.from_openai(m) for m in messages],

@@ -194,7 +194,8 @@ class ToolDef(StrictModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     description: str = Field(min_length=1)
     parameters: dict[str, JSON] = Field(
-        default_factory=lambda: {"type": "object", "properties": {}}, description="JSON Schema of the arguments"
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON Schema of the arguments",
     )
     mode: Literal["declarative", "real", "simulated"] | None = Field(
         None, description="how calls execute; default: real if `impl` is set, else declarative"
@@ -242,7 +243,9 @@ class MustCallSpec(StrictModel):
 class RubricSpec(StrictModel):
     """A rubric written compactly; strings may hold `{variables}` sampled for the task."""
 
-    final_state: dict[str, JSON] = Field(default_factory=dict, description="pointer template → expected value")
+    final_state: dict[str, JSON] = Field(
+        default_factory=dict, description="pointer template → expected value"
+    )
     must_call: list[str | MustCallSpec] = Field(default_factory=list)
     must_not_call: list[str] = Field(default_factory=list)
     call_order: list[str] = Field(default_factory=list)
@@ -259,7 +262,9 @@ class RubricSpec(StrictModel):
     def to_rubric(self, names: dict[str, Any]) -> Rubric:
         checks: list = []
         for path, value in self.final_state.items():
-            checks.append(FinalStateCheck(path=render(path, names, pointer=True), equals=render_value(value, names)))
+            checks.append(
+                FinalStateCheck(path=render(path, names, pointer=True), equals=render_value(value, names))
+            )
         for c in self.must_call:
             spec = MustCallSpec(tool=c) if isinstance(c, str) else c
             args = render_value(spec.args, names) if spec.args is not None else None

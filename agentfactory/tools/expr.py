@@ -31,7 +31,9 @@ import simpleeval
 _TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ONLY_VAR = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 # A pointer token starts with '/' and a name or placeholder; it cannot follow a value (that is division).
-_POINTER = re.compile(r"/(?:[A-Za-z0-9_\-.~]|\{[A-Za-z_][A-Za-z0-9_]*\})+(?:/(?:[A-Za-z0-9_\-.~]|\{[A-Za-z_][A-Za-z0-9_]*\})+)*")
+_POINTER = re.compile(
+    r"/(?:[A-Za-z0-9_\-.~]|\{[A-Za-z_][A-Za-z0-9_]*\})+(?:/(?:[A-Za-z0-9_\-.~]|\{[A-Za-z_][A-Za-z0-9_]*\})+)*"
+)
 
 BUILTINS: dict[str, Callable] = {
     "exists": lambda v: v is not None,
@@ -52,6 +54,7 @@ BUILTINS: dict[str, Callable] = {
     "first": lambda c: next(iter(c), None) if c else None,
 }
 RUNTIME_FUNCTIONS = ("where", "pick", "new_id", "today", "now")
+_KEYWORDS = {"and", "or", "not", "in", "is", "if", "else"}
 
 
 class ExprError(ValueError):
@@ -130,8 +133,12 @@ def _translate(src: str) -> tuple[str, list[str]]:
             out.append(" not ")
             i += 1
             continue
-        prev = "".join(out).rstrip()[-1:] if out else ""
-        if ch == "/" and (not prev or not (prev.isalnum() or prev in "_)]}'\"")):
+        before = "".join(out).rstrip()
+        word = re.search(r"[A-Za-z_]\w*$", before)
+        after_value = bool(before) and (before[-1] in "_)]}'\"" or before[-1].isalnum())
+        if word and word.group(0) in _KEYWORDS:
+            after_value = False  # `and /a/b`: a keyword, not a value, precedes the slash
+        if ch == "/" and not after_value:
             m = _POINTER.match(src, i)
             if m:
                 pointers.append(m.group(0))
@@ -167,9 +174,8 @@ def parse(src: str) -> Expr:
         raise ExprError(f"cannot parse expression {src!r}: {e.msg}") from None
     names, items = set(), []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id not in BUILTINS and node.id not in RUNTIME_FUNCTIONS:
-            if node.id not in ("_ptr", "True", "False", "None"):
-                names.add(node.id)
+        if isinstance(node, ast.Name) and node.id not in {*BUILTINS, *RUNTIME_FUNCTIONS, "_ptr"}:
+            names.add(node.id)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "where":
             arg = node.args[1] if len(node.args) in (2, 3) else None
             if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
@@ -215,5 +221,12 @@ def evaluate(
         return evaluator.eval(expr.translated, previously_parsed=expr.tree.body)
     except simpleeval.NameNotDefined as e:
         raise ExprError(f"unknown name '{e.name}' in {src!r}") from None
-    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, simpleeval.InvalidExpression) as e:
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        ZeroDivisionError,
+        simpleeval.InvalidExpression,
+    ) as e:
         raise ExprError(f"cannot evaluate {src!r}: {e}") from None

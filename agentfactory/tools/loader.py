@@ -50,7 +50,11 @@ def _schema_errors(data: Any, positions: Positions) -> list[SourceError]:
             allowed = set(err.schema.get("properties", {}))
             for key in sorted(set(err.instance) - allowed):
                 expected = ", ".join(sorted(allowed))
-                out.append(positions.error((*loc, key), f"{where}: unknown key '{key}' (expected one of: {expected})"))
+                out.append(
+                    positions.error(
+                        (*loc, key), f"{where}: unknown key '{key}' (expected one of: {expected})"
+                    )
+                )
             continue
         if err.validator == "required":
             out.append(positions.error(loc, f"{where}: {err.message}"))
@@ -141,7 +145,9 @@ class _Checker:
         seen: dict[str, int] = {}
         for i, tool in enumerate(self.d.tools):
             if tool.name in seen:
-                self.err(("tools", i, "name"), f"duplicate tool name '{tool.name}' (also tools.{seen[tool.name]})")
+                self.err(
+                    ("tools", i, "name"), f"duplicate tool name '{tool.name}' (also tools.{seen[tool.name]})"
+                )
             seen.setdefault(tool.name, i)
             self.tool(("tools", i), tool)
         ids: dict[str, int] = {}
@@ -162,7 +168,9 @@ class _Checker:
         v = jsonschema.Draft202012Validator(self.state_schema)
         for e in v.iter_errors(self.d.state.seed):
             if e.validator != "required":  # generated collections may fill what the seed leaves out
-                self.err(("state", "seed", *e.absolute_path), f"seed does not match the state schema: {e.message}")
+                self.err(
+                    ("state", "seed", *e.absolute_path), f"seed does not match the state schema: {e.message}"
+                )
         for name, coll in self.d.state.generate.items():
             gloc = ("state", "generate", name)
             self.pointer(gloc, "/" + ex.escape_pointer_token(name), set())
@@ -259,7 +267,9 @@ def load_domain(path: str | Path, categories: dict[str, str] | None = None) -> D
     """Load one domain YAML file; raises ConfigError listing every located problem."""
     data, positions = load_yaml(path)
     if not isinstance(data, dict):
-        raise ConfigError([positions.error((), f"expected a mapping (name, category, tools, ...), got {_kind(data)}")])
+        raise ConfigError(
+            [positions.error((), f"expected a mapping (name, category, tools, ...), got {_kind(data)}")]
+        )
     errors = _schema_errors(data, positions)
     if errors:
         raise ConfigError(_sorted(errors))

@@ -1,0 +1,53 @@
+"""The `agentfactory` command: help, version, exit codes, config overrides, run."""
+
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from agentfactory.cli import app
+
+runner = CliRunner()
+
+
+def test_help_and_version():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("domains", "config", "run"):
+        assert cmd in r.output
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("agentfactory ")
+    assert runner.invoke(app, ["no-such-command"]).exit_code == 2
+
+
+def test_domains_validate_all_and_list():
+    r = runner.invoke(app, ["domains", "validate"])
+    assert r.exit_code == 0, r.output
+    assert "retail_orders" in r.output
+    r = runner.invoke(app, ["domains", "list"])
+    assert r.exit_code == 0 and "e-commerce" in r.output
+
+
+def test_domains_schema_is_json():
+    r = runner.invoke(app, ["domains", "schema"])
+    assert r.exit_code == 0
+    schema = json.loads(r.output)
+    assert schema["title"] == "Domain" and "tools" in schema["properties"]
+
+
+def test_config_show_applies_overrides(tmp_path):
+    r = runner.invoke(app, ["config", "show", "pipelines/quickstart.yaml", "--set", "seed=7", "-s", "name=x"])
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load(r.output)
+    assert cfg["seed"] == 7 and cfg["name"] == "x"
+    r = runner.invoke(app, ["config", "show", "pipelines/quickstart.yaml", "--set", "sede=7"])
+    assert r.exit_code == 1
+    assert "--set sede=7: <root>: unknown key 'sede'" in r.stderr
+
+
+def test_run_writes_outputs(tmp_path):
+    r = runner.invoke(app, ["run", "pipelines/quickstart.yaml", "--set", f"output_dir={tmp_path}"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "quickstart" / "summary.json").read_text())
+    assert "retail_orders" in [d["name"] for d in summary["domains"]["domains"]]
+    assert (tmp_path / "quickstart" / "config.json").exists()
