@@ -1,0 +1,1 @@
+"""Agentic data synthesis: agents, tasks, user/tool simulation, episodes, judge, Ray pipeline."""
