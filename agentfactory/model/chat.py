@@ -14,6 +14,10 @@ call headers are always `functions.NAME:IDX` with IDX the call's position in its
 carries), and a tool result's `## Return of ID` names the header of the latest earlier call with its
 `tool_call_id`, so the model only ever sees the ids it is expected to produce (and vLLM's `kimi_k2` parser
 returns); an assistant's `reasoning_content` renders as `<think>...</think>`.
+Two rules keep `vllm serve`'s rendering of an OpenAI request identical to ours (integration-tested):
+content parts render as their non-empty text parts joined by newlines (vLLM joins them so before
+templating), and string arguments render verbatim while dicts render as `json.dumps(d, ensure_ascii=False)`
+- the form records export and the form vLLM's server re-serializes string arguments into.
 
 Token-in-token-out (DESIGN.md §8): each turn starts and ends at a special token and `tokenizers` splits
 text at special tokens before BPE, so tokenizing a rendering segment by segment gives exactly the ids of
@@ -84,7 +88,8 @@ def _content_text(content: Any) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(part["text"] for part in content if part.get("type") == "text")
+    texts = [part["text"] for part in content if part.get("type") == "text"]
+    return "\n".join(t for t in texts if t)  # non-empty text parts, joined as vLLM's server joins them
 
 
 def _arguments_text(arguments: Any) -> str:

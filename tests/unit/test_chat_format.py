@@ -123,6 +123,19 @@ def _cases():
     yield CONVERSATION, TOOLS
     yield CONVERSATION[:3], TOOLS
     yield [{"role": "user", "name": "alice", "content": "ciao 🌍"}], TOOLS
+    yield (
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "a"},
+                    {"type": "image_url"},
+                    {"type": "text", "text": "b"},
+                ],
+            }
+        ],
+        None,
+    )
     yield [{"role": "assistant", "reasoning_content": "think 1+1", "content": "2"}], None
     yield [{"role": "assistant", "content": "", "tool_calls": [_call("c", "f", {})]}], None
     yield [{"role": "assistant", "content": "x", "tool_calls": [_call("c", "f", None)]}], None
@@ -156,6 +169,7 @@ json_value = st.recursive(
     max_leaves=12,
 )
 arguments = st.dictionaries(text, json_value, max_size=5)
+content = text | st.lists(text, max_size=3).map(lambda ts: [{"type": "text", "text": t} for t in ts])
 
 
 @st.composite
@@ -176,13 +190,13 @@ def assistant_messages(draw, with_reasoning=True):
 def conversations(draw):
     msgs = []
     if draw(st.booleans()):
-        msgs.append({"role": "system", "content": draw(text)})
+        msgs.append({"role": "system", "content": draw(content)})
     for _ in range(draw(st.integers(1, 3))):
-        msgs.append({"role": "user", "content": draw(text)})
+        msgs.append({"role": "user", "content": draw(content)})
         a = draw(assistant_messages())
         msgs.append(a)
         for call in a.get("tool_calls", []):
-            res = {"role": "tool", "tool_call_id": call["id"], "content": draw(text)}
+            res = {"role": "tool", "tool_call_id": call["id"], "content": draw(content)}
             if draw(st.booleans()):
                 res["name"] = call["function"]["name"]
             msgs.append(res)
@@ -320,3 +334,25 @@ def test_loss_mask_covers_exactly_the_assistant_turns(tok, msgs, tools):
     trained = [i for i, m in zip(ids, mask, strict=True) if m]
     want = "".join(render_assistant(m) for m in msgs if m["role"] == "assistant")
     assert tok.decode(trained, skip_special_tokens=False) == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(args=arguments)
+def test_dict_and_exported_string_arguments_render_alike(args):
+    """vLLM's server json.loads string arguments before templating, and records export them with
+    json.dumps(ensure_ascii=False): both paths must give the model the same text."""
+    as_dict = render_assistant({"role": "assistant", "tool_calls": [_call("a", "f", args)]})
+    as_str = render_assistant(
+        {"role": "assistant", "tool_calls": [_call("a", "f", json.dumps(args, ensure_ascii=False))]}
+    )
+    assert as_dict == as_str
+
+
+def test_content_parts_join_with_newlines():
+    msgs = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}],
+        }
+    ]
+    assert render(msgs) == "<|im_user|>user<|im_middle|>a\nb<|im_end|>"
