@@ -14,3 +14,32 @@ __all__ = [
     "describe",
     "update_router_bias",
 ]
+
+# Tokenizer and Kimi K2 chat / tool-call format (chat.py imports no torch; tokenizer.py imports lazily).
+from agentfactory.model.chat import (
+    ParsedAssistant,
+    ParsedToolCall,
+    encode,
+    encode_continuation,
+    encode_with_mask,
+    parse_assistant,
+    render,
+    render_assistant,
+    render_continuation,
+)
+from agentfactory.model.tokenizer import iter_corpus, load_tokenizer, train_tokenizer
+
+__all__ += [
+    "ParsedAssistant",
+    "ParsedToolCall",
+    "encode",
+    "encode_continuation",
+    "encode_with_mask",
+    "iter_corpus",
+    "load_tokenizer",
+    "parse_assistant",
+    "render",
+    "render_assistant",
+    "render_continuation",
+    "train_tokenizer",
+]

@@ -18,7 +18,8 @@ Choices, and why:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from agentfactory.model.chat import (
     THINK_BEGIN,
     THINK_END,
     UNK,
+    render,
 )
 
 if TYPE_CHECKING:
@@ -126,3 +128,22 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     if not tok.chat_template:
         raise ValueError(f"{path}: tokenizer has no chat template")
     return tok
+
+
+def iter_corpus(paths: Iterable[str | Path]) -> Iterator[str]:
+    """Training texts from files: `.jsonl` records with `messages` (+ `tools`) are rendered in the chat
+    format, so merges also cover the format's own text (`functions.`, `## Return of`, JSON punctuation);
+    records with `text` give that text; any other file gives its non-empty lines."""
+    for path in map(Path, paths):
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                if path.suffix != ".jsonl":
+                    yield line
+                    continue
+                record = json.loads(line)
+                if "messages" in record:
+                    yield render(record["messages"], record.get("tools"))
+                elif isinstance(record.get("text"), str):
+                    yield record["text"]

@@ -128,3 +128,15 @@ def test_deterministic(tmp_path):
     a = train_tokenizer(texts, 500)
     b = train_tokenizer(texts, 500)
     assert a.get_vocab() == b.get_vocab()
+
+
+def test_iter_corpus_renders_chat_records(tmp_path):
+    from agentfactory.model.tokenizer import iter_corpus
+
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    (tmp_path / "a.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in [{"messages": msgs}, {"text": "plain"}, {"other": 1}]) + "\n"
+    )
+    (tmp_path / "b.txt").write_text("line one\n\nline two\n")
+    got = list(iter_corpus([tmp_path / "a.jsonl", tmp_path / "b.txt"]))
+    assert got == [render(msgs), "plain", "line one\n", "line two\n"]
