@@ -219,6 +219,17 @@ def vllm_model_config(tok, tmp_path_factory):
     return ModelConfig(model=str(d), tokenizer=str(d), dtype="float32")
 
 
+def test_vllm_loads_our_tokenizer(tok, vllm_model_config):
+    from vllm.tokenizers import get_tokenizer
+
+    vtok = get_tokenizer(vllm_model_config.tokenizer)
+    msgs = [{"role": "user", "content": "Order 1234567?"}]
+    text = render(msgs, add_generation_prompt=True)
+    assert vtok.encode(text, add_special_tokens=False) == tok.encode(text, add_special_tokens=False)
+    assert (vtok.eos_token_id, vtok.bos_token_id, len(vtok)) == (1, 0, len(tok))
+    assert vtok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == text
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(msgs=conversations(), tools=st.none() | st.just([{"type": "function", "function": {"name": "f"}}]))
 def test_vllm_server_chat_rendering_matches_ours(tok, vllm_model_config, msgs, tools):
