@@ -29,7 +29,12 @@ domains_app = typer.Typer(
     help="Validate, list and inspect tool domains (tools_repo/domains/*.yaml).", no_args_is_help=True
 )
 config_app = typer.Typer(help="Inspect pipeline configs (pipelines/*.yaml).", no_args_is_help=True)
+tools_app = typer.Typer(
+    help="The tool repository: list and show tools, harvest MCP servers, serve a domain over MCP.",
+    no_args_is_help=True,
+)
 app.add_typer(domains_app, name="domains")
+app.add_typer(tools_app, name="tools")
 app.add_typer(config_app, name="config")
 
 out = Console()
@@ -114,6 +119,131 @@ def domains_schema(
         output.write_text(text)
     else:
         typer.echo(text, nl=False)
+
+
+@domains_app.command("new")
+def domains_new(
+    name: Annotated[str, typer.Argument(help="domain name (lowercase, e.g. pet_clinic)")],
+    category: Annotated[str, typer.Option(help="one of tools_repo/categories.yaml")] = "productivity",
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="file to write")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+) -> None:
+    """Scaffold a valid, commented domain YAML that teaches the format."""
+    from agentfactory.tools.loader import REPO_DIR
+    from agentfactory.tools.scaffold import scaffold
+
+    path = output or REPO_DIR / "domains" / f"{name}.yaml"
+    if path.exists() and not force:
+        err.print(f"{path} exists (use --force to overwrite)", markup=False)
+        raise typer.Exit(1)
+    try:
+        text = scaffold(name, category)
+    except ValueError as e:
+        err.print(str(e), markup=False)
+        raise typer.Exit(1) from None
+    path.write_text(text)
+    out.print(f"wrote {path}: edit it, then run `agentfactory domains validate {path}`", highlight=False)
+
+
+def _all_specs() -> list:
+    from agentfactory.tools import domain_files, load_domain
+
+    specs = []
+    for f in domain_files():
+        try:
+            specs += load_domain(f).tool_specs()
+        except ConfigError as e:
+            _fail(e)
+    return specs
+
+
+@tools_app.command("list")
+def tools_list(
+    domain: Annotated[str | None, typer.Option(help="only this domain")] = None,
+    category: Annotated[str | None, typer.Option(help="only this category")] = None,
+) -> None:
+    """List the tools of the shipped domains."""
+    table = Table("tool", "domain", "category", "source", "description")
+    specs = [s for s in _all_specs() if (domain in (None, s.domain)) and (category in (None, s.category))]
+    for s in specs:
+        table.add_row(s.name, s.domain, s.category, s.source, s.description[:60])
+    out.print(table)
+    out.print(f"{len(specs)} tools")
+
+
+@tools_app.command("show")
+def tools_show(
+    name: Annotated[str, typer.Argument(help="tool name, or DOMAIN.TOOL when names collide")],
+) -> None:
+    """Print one tool's spec (OpenAI function format plus provenance) as JSON."""
+    dom, _, tool = name.rpartition(".")
+    hits = [s for s in _all_specs() if s.name == tool and dom in ("", s.domain)]
+    if not hits:
+        err.print(f"no tool named {name!r} (see `agentfactory tools list`)", markup=False)
+        raise typer.Exit(1)
+    typer.echo(json.dumps([s.model_dump(mode="json") for s in hits], indent=2, ensure_ascii=False))
+
+
+@tools_app.command("harvest")
+def tools_harvest(
+    config: Annotated[Path, typer.Option("--config", help="MCP servers file")] = Path(
+        "tools_repo/mcp_servers.yaml"
+    ),
+    only: Annotated[list[str] | None, typer.Option("--server", help="harvest only these servers")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="write the ToolSpecs here (jsonl)")
+    ] = None,
+    strict: Annotated[bool, typer.Option(help="exit 1 if any server fails")] = False,
+) -> None:
+    """Connect to the listed MCP servers and turn their tools into ToolSpecs with provenance."""
+    from agentfactory.tools import harvest_mcp, load_mcp_servers
+
+    try:
+        servers = [s for s in load_mcp_servers(config) if not only or s.name in only]
+    except ConfigError as e:
+        _fail(e)
+    specs, failed = [], []
+    table = Table("server", "tools", "status")
+    for server in servers:
+        try:
+            got = harvest_mcp(server)
+        except Exception as e:  # a broken server is reported and skipped; the others go on
+            failed.append(server.name)
+            table.add_row(server.name, "0", f"[red]failed: {type(e).__name__}: {e}"[:120])
+            continue
+        specs += got
+        table.add_row(server.name, str(len(got)), "[green]ok")
+    out.print(table)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("".join(s.model_dump_json() + "\n" for s in specs))
+        out.print(f"wrote {len(specs)} tools to {output}", highlight=False)
+    if failed and (strict or not specs):
+        raise typer.Exit(1)
+
+
+@tools_app.command("serve-mcp")
+def tools_serve_mcp(
+    domain: Annotated[str, typer.Argument(help="a shipped domain name or a domain YAML file")],
+    seed: Annotated[int, typer.Option(help="world seed (each client session gets its own copy)")] = 0,
+    http: Annotated[
+        int | None, typer.Option("--http", help="serve streamable HTTP on this port (default: stdio)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="HTTP bind address")] = "127.0.0.1",
+) -> None:
+    """Serve a YAML domain as an MCP server over stdio (default) or streamable HTTP."""
+    from agentfactory.tools import find_domain
+    from agentfactory.tools.mcp_server import serve_http, serve_stdio
+
+    try:
+        d = find_domain(domain)
+    except ConfigError as e:
+        _fail(e)
+    if http is None:
+        serve_stdio(d, seed)
+    else:
+        err.print(f"serving {d.name} on http://{host}:{http}/mcp", markup=False)
+        serve_http(d, seed, host, http)
 
 
 @config_app.command("show")

@@ -94,7 +94,11 @@ def _record_marks(node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]]) 
         for key_node, value_node in node.value:
             key = key_node.value
             child = (*loc, key)
-            marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            marks[child] = mark
+            if key_node.tag.endswith((":bool", ":int")):  # also locate the key as pydantic reports it
+                value = yaml.safe_load(key)
+                marks[(*loc, int(value))] = marks[(*loc, value)] = mark
             _record_marks(value_node, child, marks)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
@@ -162,6 +166,11 @@ def pydantic_errors(err: ValidationError, positions: Positions) -> list[SourceEr
         if e["type"] == "extra_forbidden":
             msg = f"unknown key '{data_loc[-1]}'"
             where = ".".join(str(p) for p in data_loc[:-1]) or "<root>"
+        elif "[key]" in data_loc:  # YAML 1.1 reads unquoted on/off/yes/no as booleans, 1 as an int
+            i = data_loc.index("[key]")
+            where = ".".join(str(p) for p in data_loc[: i - 1]) or "<root>"
+            msg = "this key must be a string: quote it (YAML reads unquoted on/off/yes/no as booleans)"
+            data_loc = data_loc[:i]
         elif e["type"] == "missing":
             msg = f"missing required key '{data_loc[-1]}'"
             where = ".".join(str(p) for p in data_loc[:-1]) or "<root>"

@@ -288,6 +288,18 @@ def domain_files(repo: Path = REPO_DIR) -> list[Path]:
     return sorted((repo / "domains").glob("*.yaml"))
 
 
+def find_domain(name_or_path: str) -> Domain:
+    """Load a domain given a file path or the name of a shipped domain."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return load_domain(path)
+    for f in domain_files():
+        if f.stem == name_or_path:
+            return load_domain(f)
+    known = ", ".join(f.stem for f in domain_files())
+    raise ConfigError([SourceError(name_or_path, 0, 0, f"no such domain (shipped domains: {known})")])
+
+
 def write_schema(path: Path = SCHEMA_PATH) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(domain_json_schema(), indent=2, ensure_ascii=False) + "\n")

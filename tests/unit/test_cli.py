@@ -51,3 +51,24 @@ def test_run_writes_outputs(tmp_path):
     summary = json.loads((tmp_path / "quickstart" / "summary.json").read_text())
     assert "retail_orders" in [d["name"] for d in summary["domains"]["domains"]]
     assert (tmp_path / "quickstart" / "config.json").exists()
+
+
+def test_tools_list_show_and_domains_new(tmp_path):
+    r = runner.invoke(app, ["tools", "list", "--domain", "retail_orders"])
+    assert r.exit_code == 0 and "cancel_order" in r.output
+    r = runner.invoke(app, ["tools", "show", "retail_orders.cancel_order"])
+    assert r.exit_code == 0
+    spec = json.loads(r.output)[0]
+    assert spec["domain"] == "retail_orders" and "order_id" in spec["parameters"]["properties"]
+    assert runner.invoke(app, ["tools", "show", "no_such_tool"]).exit_code == 1
+    out = tmp_path / "my_desk.yaml"
+    r = runner.invoke(app, ["domains", "new", "my_desk", "--category", "crm", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert runner.invoke(app, ["domains", "validate", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["domains", "new", "my_desk", "--out", str(out)]).exit_code == 1  # exists
+    assert (
+        runner.invoke(
+            app, ["domains", "new", "x", "--category", "nope", "--out", str(tmp_path / "x.yaml")]
+        ).exit_code
+        == 1
+    )

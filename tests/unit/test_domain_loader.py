@@ -86,6 +86,7 @@ EXPECTED = {
     "empty": "file is empty",
     "top_level_list": "got a list",
     "binary": "not a text file",
+    "boolean_key": "this key must be a string: quote it",
 }
 
 

@@ -7,17 +7,16 @@ import pytest
 
 from agentfactory.records import Message, Trajectory
 from agentfactory.synth.oracle import play_blueprint
-from agentfactory.tools import domain_files, load_domain
+from agentfactory.tools import Domain, domain_files, load_domain
 from agentfactory.tools.checks import score_trajectory
+from agentfactory.tools.scaffold import scaffold
 from agentfactory.tools.tasks import instantiate, sample_tasks
 
 DOMAINS = {f.stem: f for f in domain_files()}
 WORLDS = range(20)
 
 
-@pytest.mark.parametrize("name", sorted(DOMAINS))
-def test_blueprint_oracle_passes_every_template_on_20_worlds(name):
-    domain = load_domain(DOMAINS[name])
+def assert_oracle_passes(domain: Domain) -> None:
     tasks = sample_tasks(domain, WORLDS)
     per_template = Counter(t.meta["template"] for t in tasks)
     for template in domain.tasks:  # a template may skip a world that lacks what it needs, but not most
@@ -29,6 +28,29 @@ def test_blueprint_oracle_passes_every_template_on_20_worlds(name):
         if score < 1.0:
             failures.append((task.id, [r.detail for r in results if not r.passed]))
     assert not failures, failures[:5]
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINS))
+def test_blueprint_oracle_passes_every_template_on_20_worlds(name):
+    assert_oracle_passes(load_domain(DOMAINS[name]))
+
+
+def test_scaffold_is_valid_and_solvable(tmp_path):
+    path = tmp_path / "pet_clinic.yaml"
+    path.write_text(scaffold("pet_clinic", "healthcare-scheduling"))
+    domain = load_domain(path)
+    assert {t.kind for t in domain.tasks} == {
+        "single_call",
+        "multi_step",
+        "clarification",
+        "refusal",
+        "impossible",
+    }
+    assert_oracle_passes(domain)
+    with pytest.raises(ValueError, match="unknown category"):
+        scaffold("x_y", "astrology")
+    with pytest.raises(ValueError, match="lowercase"):
+        scaffold("Bad Name", "travel")
 
 
 @pytest.mark.parametrize("name", sorted(DOMAINS))
