@@ -222,6 +222,34 @@ def tools_harvest(
         raise typer.Exit(1)
 
 
+@tools_app.command("dedup")
+def tools_dedup(
+    inputs: Annotated[
+        list[Path] | None, typer.Argument(help="extra ToolSpec jsonl files (e.g. from harvest)")
+    ] = None,
+    near: Annotated[float, typer.Option(help="MinHash Jaccard threshold")] = 0.7,
+    semantic: Annotated[float, typer.Option(help="embedding cosine threshold (0 disables)")] = 0.9,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="write the report here (JSON)")] = None,
+) -> None:
+    """Deduplicate domain tools plus harvested/synthesized ones: exact, near (MinHash), semantic."""
+    from agentfactory.records import ToolSpec
+    from agentfactory.tools.dedup import dedup_tools
+
+    specs = _all_specs()
+    for path in inputs or []:
+        specs += [
+            ToolSpec.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()
+        ]
+    report = dedup_tools(specs, near_threshold=near, semantic_threshold=semantic or None)
+    table = Table("dropped", "kept", "reason", "score", title="Merged tools")
+    for m in report.merged:
+        table.add_row(m.dropped, m.kept, m.reason, f"{m.score:.2f}")
+    out.print(table)
+    out.print(report.counts())
+    if output:
+        output.write_text(report.model_dump_json(indent=2))
+
+
 @tools_app.command("serve-mcp")
 def tools_serve_mcp(
     domain: Annotated[str, typer.Argument(help="a shipped domain name or a domain YAML file")],
