@@ -320,9 +320,9 @@ def _parse_section(section: str) -> list[ParsedToolCall]:
         rest = rest.strip()
     if not calls:
         raise _Malformed("empty tool-call section")
-    ids = [c.id for c in calls]
-    if len(set(ids)) != len(ids):
-        raise _Malformed(f"duplicate tool-call ids {ids}")
+    for pos, call in enumerate(calls):  # headers are rendered positionally; anything else would not
+        if call.id.rsplit(":", 1)[1] != str(pos):  # round-trip through a tool result's "## Return of"
+            raise _Malformed(f"tool call {call.id!r} at position {pos} (want index {pos})")
     return calls
 
 

@@ -274,6 +274,8 @@ MALFORMED = {
     "text between calls": f"{S}{B}functions.f:0{A}{{}}{CALL_END}junk{B}functions.g:1{A}{{}}{CALL_END}{E}",
     "text after section": f"{S}{B}functions.f:0{A}{{}}{CALL_END}{E} trailing words",
     "duplicate ids": f"{S}{B}functions.f:0{A}{{}}{CALL_END}{B}functions.f:0{A}{{}}{CALL_END}{E}",
+    "index not the position": f"{S}{B}functions.f:1{A}{{}}{CALL_END}{E}",
+    "index with leading zero": f"{S}{B}functions.f:00{A}{{}}{CALL_END}{E}",
     "call outside section": f"{B}functions.f:0{A}{{}}{CALL_END}",
     "nested section": f"{S}{S}{B}functions.f:0{A}{{}}{CALL_END}{E}",
     "marker inside arguments": f'{S}{B}functions.f:0{A}{{"a": "{B}"}}{CALL_END}{E}',
@@ -292,8 +294,8 @@ def test_malformed_output_is_an_error_result(case):
 
 def test_lenient_cases():
     # Whitespace between markers (a detokenizer may add spaces), empty args = {}, text after <|im_end|>.
-    r = parse_assistant(f"hi {S} {B} functions.f:3 {A} {CALL_END}\n{E}{IM_END}ignored")
-    assert r.ok and r.content == "hi " and r.tool_calls == [("functions.f:3", "f", {})]
+    r = parse_assistant(f"hi {S} {B} functions.f:0 {A} {CALL_END}\n{E}{IM_END}ignored")
+    assert r.ok and r.content == "hi " and r.tool_calls == [("functions.f:0", "f", {})]
     assert parse_assistant("plain answer").tool_calls == []
 
 
