@@ -33,6 +33,8 @@ tools_app = typer.Typer(
     help="The tool repository: list and show tools, harvest MCP servers, serve a domain over MCP.",
     no_args_is_help=True,
 )
+model_app = typer.Typer(help="The K2 MoE model: presets and sizes.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 app.add_typer(domains_app, name="domains")
 app.add_typer(tools_app, name="tools")
 app.add_typer(config_app, name="config")
@@ -272,6 +274,39 @@ def tools_serve_mcp(
     else:
         err.print(f"serving {d.name} on http://{host}:{http}/mcp", markup=False)
         serve_http(d, seed, host, http)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+@model_app.command("info")
+def model_info(
+    preset: Annotated[
+        str, typer.Argument(help="debug, k2-mini, moonlight-16b-a3b, deepseek-v3-671b, kimi-k2-1t")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Build a preset on the meta device (no memory) and print its total and active parameters."""
+    from agentfactory.model import describe
+
+    try:
+        info = describe(preset)
+    except (KeyError, ValueError) as e:
+        err.print(str(e).strip("'\""), markup=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    table = Table("", preset, show_header=False)
+    for key, value in info.items():
+        if key.endswith("_params"):
+            value = f"{_human(value)} ({value:,})"
+        table.add_row(key.replace("_", " "), str(value))
+    out.print(table)
 
 
 @config_app.command("show")

@@ -72,3 +72,14 @@ def test_tools_list_show_and_domains_new(tmp_path):
         ).exit_code
         == 1
     )
+
+
+def test_model_info():
+    r = runner.invoke(app, ["model", "info", "kimi-k2-1t", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["routed_experts"] == 384 and info["layers"] == 61
+    assert 1.0e12 < info["total_params"] < 1.06e12 and 32e9 < info["active_params"] < 33.3e9
+    r = runner.invoke(app, ["model", "info", "k2-mini"])
+    assert r.exit_code == 0 and "active params" in r.output
+    assert runner.invoke(app, ["model", "info", "gpt-5"]).exit_code == 1
