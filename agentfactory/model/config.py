@@ -91,6 +91,9 @@ class K2Config(StrictModel):
     def _check(self) -> K2Config:
         # MLA has explicit head dims, so hidden_size need not be divisible by num_attention_heads.
         errors = []
+        for name in ("hidden_size", "moe_intermediate_size"):
+            if getattr(self, name) % 8:  # F.grouped_mm wants 16-byte aligned rows, in fp32 and bf16
+                errors.append(f"{name} ({getattr(self, name)}) must be a multiple of 8 (grouped matmul)")
         if self.qk_rope_head_dim % 2:
             errors.append(f"qk_rope_head_dim ({self.qk_rope_head_dim}) must be even (RoPE rotates pairs)")
         if self.num_experts_per_tok > self.n_routed_experts:

@@ -83,24 +83,43 @@ class Router(nn.Module):
         return idx_TK, weight_TK * self.scaling, scores_TE
 
 
-class GroupedMM(torch.autograd.Function):
-    """`F.grouped_mm(x, w, offs)` whose backward accepts non-contiguous grads (the CPU kernel does not)."""
+# Grouped matmul as custom ops: torch.compile then treats them as opaque (the built-in fake kernel of
+# F.grouped_mm accepts only bf16), and the backward accepts non-contiguous grads (the CPU kernel does not).
+@torch.library.custom_op("agentfactory::grouped_mm", mutates_args=())
+def grouped_mm(x_MI: torch.Tensor, w_EIO: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
+    """Rows offs[e-1]:offs[e] of x times w[e]: (M, I) x (E, I, O) -> (M, O)."""
+    return F.grouped_mm(x_MI, w_EIO, offs=offs_E)
 
-    @staticmethod
-    def forward(ctx, x_MI: torch.Tensor, w_EIO: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x_MI, w_EIO, offs_E)
-        return F.grouped_mm(x_MI, w_EIO, offs=offs_E)
 
-    @staticmethod
-    def backward(ctx, grad_MO: torch.Tensor):
-        x_MI, w_EIO, offs_E = ctx.saved_tensors
-        grad_MO = grad_MO.contiguous()
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.grouped_mm(grad_MO, w_EIO.transpose(-1, -2), offs=offs_E)
-        if ctx.needs_input_grad[1]:  # (I, M) x (M, O) per group: offs split the shared M dimension
-            grad_w = F.grouped_mm(x_MI.t(), grad_MO, offs=offs_E)
-        return grad_x, grad_w, None
+@grouped_mm.register_fake
+def _(x_MI, w_EIO, offs_E):
+    return x_MI.new_empty(x_MI.shape[0], w_EIO.shape[-1])
+
+
+@torch.library.custom_op("agentfactory::grouped_mm_wgrad", mutates_args=())
+def grouped_mm_wgrad(x_MI: torch.Tensor, grad_MO: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
+    """Per group e: x[rows of e]ᵀ · grad[rows of e], i.e. the (E, I, O) weight gradient."""
+    return F.grouped_mm(x_MI.t(), grad_MO, offs=offs_E)
+
+
+@grouped_mm_wgrad.register_fake
+def _(x_MI, grad_MO, offs_E):
+    return x_MI.new_empty(offs_E.shape[0], x_MI.shape[1], grad_MO.shape[1])
+
+
+def _grouped_mm_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_backward(ctx, grad_MO):
+    x_MI, w_EIO, offs_E = ctx.saved_tensors
+    grad_MO = grad_MO.contiguous()
+    grad_x = grouped_mm(grad_MO, w_EIO.transpose(-1, -2), offs_E) if ctx.needs_input_grad[0] else None
+    grad_w = grouped_mm_wgrad(x_MI, grad_MO, offs_E) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_w, None
+
+
+grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 
 
 class Experts(nn.Module):
@@ -116,9 +135,15 @@ class Experts(nn.Module):
     def forward(self, x_MD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         """x_MD: tokens sorted by expert, counts_E[e] rows each; returns (M, D)."""
         offs_E = counts_E.cumsum(0).to(torch.int32)
-        gate_MF = GroupedMM.apply(x_MD, self.gate_proj.transpose(1, 2), offs_E)
-        up_MF = GroupedMM.apply(x_MD, self.up_proj.transpose(1, 2), offs_E)
-        return GroupedMM.apply(F.silu(gate_MF) * up_MF, self.down_proj.transpose(1, 2), offs_E)
+        # Custom ops are not covered by autocast: cast by hand, as nn.Linear would be.
+        dev = x_MD.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x_MD.dtype
+        x_MD = x_MD.to(dtype)
+        w_gate, w_up, w_down = (
+            w.to(dtype).transpose(1, 2) for w in (self.gate_proj, self.up_proj, self.down_proj)
+        )
+        h_MF = F.silu(grouped_mm(x_MD, w_gate, offs_E)) * grouped_mm(x_MD, w_up, offs_E)
+        return grouped_mm(h_MF, w_down, offs_E)
 
 
 class MoE(nn.Module):
