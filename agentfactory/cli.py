@@ -34,7 +34,11 @@ tools_app = typer.Typer(
     no_args_is_help=True,
 )
 model_app = typer.Typer(help="The K2 MoE model: presets and sizes.", no_args_is_help=True)
+tokenizer_app = typer.Typer(
+    help="Train the byte-level BPE tokenizer with the Kimi K2 chat format.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
+app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(domains_app, name="domains")
 app.add_typer(tools_app, name="tools")
 app.add_typer(config_app, name="config")
@@ -307,6 +311,26 @@ def model_info(
             value = f"{_human(value)} ({value:,})"
         table.add_row(key.replace("_", " "), str(value))
     out.print(table)
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    corpus: Annotated[
+        list[Path], typer.Argument(help=".txt files (one text per line) or chat .jsonl records")
+    ],
+    output: Annotated[Path, typer.Option("--out", "-o", help="tokenizer directory to write")],
+    vocab_size: Annotated[int, typer.Option(help="vocabulary size, special tokens included")] = 8192,
+    min_frequency: Annotated[int, typer.Option(help="minimum pair frequency for a merge")] = 2,
+) -> None:
+    """Train a byte-level BPE (digits split) with the K2 special tokens and chat template."""
+    from agentfactory.model import iter_corpus, train_tokenizer
+
+    missing = [str(p) for p in corpus if not p.exists()]
+    if missing:
+        err.print(f"no such corpus file: {', '.join(missing)}", markup=False)
+        raise typer.Exit(1)
+    tok = train_tokenizer(iter_corpus(corpus), vocab_size, output, min_frequency=min_frequency)
+    out.print(f"wrote {output} ({len(tok)} tokens)", highlight=False)
 
 
 @config_app.command("show")

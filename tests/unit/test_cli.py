@@ -83,3 +83,22 @@ def test_model_info():
     r = runner.invoke(app, ["model", "info", "k2-mini"])
     assert r.exit_code == 0 and "active params" in r.output
     assert runner.invoke(app, ["model", "info", "gpt-5"]).exit_code == 1
+
+
+def test_tokenizer_train(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"order W{i:07d} for customer {i} is pending" for i in range(300)))
+    r = runner.invoke(
+        app, ["tokenizer", "train", str(corpus), "--out", str(tmp_path / "tok"), "--vocab-size", "300"]
+    )
+    assert r.exit_code == 0, r.output
+    from agentfactory.model import load_tokenizer
+
+    tok = load_tokenizer(tmp_path / "tok")
+    assert len(tok) <= 300 and tok.convert_tokens_to_ids("<|im_end|>") == 1
+    assert (
+        runner.invoke(
+            app, ["tokenizer", "train", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "t2")]
+        ).exit_code
+        == 1
+    )
