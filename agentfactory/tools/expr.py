@@ -160,6 +160,7 @@ class Expr:
     pointers: tuple[str, ...]
     names: frozenset[str]
     item_exprs: tuple[str, ...]  # the string arguments of where(...), themselves expressions
+    wheres: tuple[tuple[str | None, str], ...] = ()  # (collection pointer if literal, item expression)
 
 
 @lru_cache(maxsize=4096)
@@ -167,12 +168,16 @@ def parse(src: str) -> Expr:
     """Parse an expression; raises ExprError with a readable message."""
     if not isinstance(src, str) or not src.strip():
         raise ExprError("empty expression")
+    if "{/" in src:
+        raise ExprError(
+            f"nested pointers are not supported in {src!r}: compute the inner value in a `let` first"
+        )
     translated, pointers = _translate(src)
     try:
         tree = ast.parse(translated.strip(), mode="eval")
     except SyntaxError as e:
         raise ExprError(f"cannot parse expression {src!r}: {e.msg}") from None
-    names, items = set(), []
+    names, items, wheres = set(), [], []
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id not in {*BUILTINS, *RUNTIME_FUNCTIONS, "_ptr"}:
             names.add(node.id)
@@ -184,12 +189,25 @@ def parse(src: str) -> Expr:
                 )
             if len(node.args) == 2:
                 items.append(arg.value)
+                coll = node.args[0]
+                is_ptr = (
+                    isinstance(coll, ast.Call) and isinstance(coll.func, ast.Name) and coll.func.id == "_ptr"
+                )
+                wheres.append((coll.args[0].value if is_ptr else None, arg.value))
         if isinstance(node, ast.Attribute | ast.Lambda | ast.NamedExpr):
             raise ExprError(f"{type(node).__name__.lower()} is not allowed in expressions: {src!r}")
     for item in items:
         parse(item)
     pointer_vars = {v for p in pointers for v in template_vars(p)}
-    return Expr(src, translated.strip(), tree, tuple(pointers), frozenset(names | pointer_vars), tuple(items))
+    return Expr(
+        src,
+        translated.strip(),
+        tree,
+        tuple(pointers),
+        frozenset(names | pointer_vars),
+        tuple(items),
+        tuple(wheres),
+    )
 
 
 def evaluate(

@@ -6,6 +6,7 @@ once, never as a traceback: domain authors fix their file from the messages alon
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 from functools import lru_cache
@@ -76,8 +77,14 @@ class _Checker:
         self.errors.append(self.pos.error(loc, f"{where}: {message}"))
 
     # -- pointers -----------------------------------------------------------------------------
-    def pointer(self, loc: Loc, template: str, scope: set[str]) -> None:
-        """A pointer template must use known variables and resolve against the state schema."""
+    def pointer(self, loc: Loc, template: str, scope: set[str]) -> Any:
+        """A pointer template must use known variables and resolve against the state schema.
+
+        Returns the schema node it points at ({} when the schema is open there), or None on error.
+        """
+        if "{/" in template:
+            self.err(loc, f"pointer {template!r} nests a pointer: compute the inner value in a `let` first")
+            return None
         for var in ex.template_vars(template):
             if var not in scope:
                 self.err(loc, f"pointer {template!r} uses unknown variable '{var}' (known: {_known(scope)})")
@@ -85,7 +92,7 @@ class _Checker:
         walked = ""
         for seg in template.lstrip("/").split("/"):
             if not isinstance(node, dict) or not node or "$ref" in node:
-                return  # an open schema: nothing to check against
+                return {}  # an open schema: nothing to check against
             props = node.get("properties", {})
             extra = node.get("additionalProperties")
             if seg in props:
@@ -103,8 +110,9 @@ class _Checker:
                     f"pointer {template!r} does not resolve: the state schema has no '{seg}' "
                     f"at '{walked or '/'}' (it has: {known})",
                 )
-                return
+                return None
             walked += "/" + seg
+        return node
 
     # -- expressions and templates ------------------------------------------------------------
     def expression(self, loc: Loc, src: str, scope: set[str]) -> None:
@@ -117,6 +125,26 @@ class _Checker:
             self.err(loc, f"unknown name '{name}' in {src!r} (known: {_known(scope)})")
         for p in parsed.pointers:
             self.pointer(loc, p, scope)
+        for coll, item_src in parsed.wheres:
+            self.where_names(loc, coll, item_src, scope)
+
+    def where_names(self, loc: Loc, coll: str | None, item_src: str, scope: set[str]) -> None:
+        """In where(coll, "expr") item fields shadow variables, so `status == status` is always true."""
+        node = self.pointer(loc, coll, scope) if coll else None
+        if not isinstance(node, dict):
+            return
+        item = node.get("additionalProperties") or node.get("items")
+        fields = set(item.get("properties", {})) if isinstance(item, dict) else set()
+        for cmp in ast.walk(ex.parse(item_src).tree):
+            if not isinstance(cmp, ast.Compare):
+                continue
+            names = [n.id for n in (cmp.left, *cmp.comparators) if isinstance(n, ast.Name)]
+            for name in sorted({n for n in names if names.count(n) > 1} & fields & scope):
+                self.err(
+                    loc,
+                    f"in where({coll}, {item_src!r}) '{name} == {name}' compares the item's field with itself "
+                    f"(fields shadow variables): rename the variable with `let`, e.g. wanted_{name}",
+                )
 
     def template(self, loc: Loc, text: Any, scope: set[str]) -> None:
         if isinstance(text, dict) and set(text) == {"expr"}:

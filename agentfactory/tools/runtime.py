@@ -71,6 +71,21 @@ def _with_defaults(schema: dict, args: dict) -> dict:
     return out
 
 
+def world_functions(rng: random.Random, today: dt.date) -> dict[str, Callable]:
+    """The runtime functions of expressions that need a world: seeded `pick`, `today()`, `now()`."""
+
+    def pick(coll: Any) -> Any:
+        if isinstance(coll, dict):
+            return rng.choice(sorted(coll)) if coll else None
+        return rng.choice(list(coll)) if coll else None
+
+    return {
+        "pick": pick,
+        "today": lambda: today.isoformat(),
+        "now": lambda: dt.datetime.combine(today, dt.time(9, 0)).isoformat(),
+    }
+
+
 def _load_impl(ref: str) -> Callable:
     module, _, fn = ref.partition(":")
     return getattr(importlib.import_module(module), fn)
@@ -85,33 +100,41 @@ class ToolRuntime:
         seed: int = 0,
         state: dict | None = None,
         simulator: ToolSimulator | None = None,
+        simulate_all: bool = False,
     ):
         self.domain = domain
         self.seed = seed
         self.state = copy.deepcopy(state) if state is not None else generate_world(domain, seed)
         self.simulator = simulator
+        self.simulate_all = simulate_all  # every tool played by the simulator (a world-model run)
         self.history: list[CallRecord] = []
         self.rng = random.Random(f"{domain.name}:{seed}:calls")
-        self.today = dt.date(2025, 1, 1) + dt.timedelta(days=seed % 365)
+        self.today = self.today_for(seed)
         self._validators = {t.name: jsonschema.Draft202012Validator(t.parameters) for t in domain.tools}
-        self._ids = 0
+        self._issued: set[str] = set()  # ids handed out by new_id() during the current call
+
+    @staticmethod
+    def today_for(seed: int) -> dt.date:
+        """The calendar date of world `seed` (deterministic, so rubrics over dates are stable)."""
+        return dt.date(2025, 1, 1) + dt.timedelta(days=seed % 365)
 
     # -- helpers the expressions can call ------------------------------------------------------
     def _functions(self) -> dict[str, Callable]:
-        return {"pick": self._pick, "new_id": self._new_id, "today": lambda: self.today.isoformat()}
-
-    def _pick(self, coll: Any) -> Any:
-        if isinstance(coll, dict):
-            return self.rng.choice(sorted(coll)) if coll else None
-        return self.rng.choice(list(coll)) if coll else None
+        return world_functions(self.rng, self.today) | {"new_id": self._new_id}
 
     def _new_id(self, prefix: str = "", collection: str | None = None) -> str:
-        """A fresh id `prefix + number`, unused in `collection` (a pointer) if given."""
+        """The smallest free id `prefix + number` (from 1001) in `collection` (a pointer), if given.
+
+        Derived from the state, not a counter, so failed calls consume nothing and ids are
+        reproducible; ids handed out earlier in the same call are skipped too.
+        """
         taken = ex.resolve_pointer(self.state, collection) if collection else None
+        n = 1000
         while True:
-            self._ids += 1
-            key = f"{prefix}{1000 + self._ids}"
-            if not taken or key not in taken:
+            n += 1
+            key = f"{prefix}{n}"
+            if key not in self._issued and not (taken and key in taken):
+                self._issued.add(key)
                 return key
 
     # -- the public surface --------------------------------------------------------------------
@@ -128,6 +151,7 @@ class ToolRuntime:
         return result
 
     def _call(self, name: str, arguments: Any) -> ToolResult:
+        self._issued = set()
         tool = next((t for t in self.domain.tools if t.name == name), None)
         if tool is None:
             available = ", ".join(t.name for t in self.domain.tools)
@@ -142,7 +166,7 @@ class ToolRuntime:
             )
             return ToolResult(ok=False, error=f"invalid arguments for {name}: {detail}")
         args = _with_defaults(tool.parameters, arguments)
-        mode = tool.exec_mode
+        mode = "simulated" if self.simulate_all else tool.exec_mode
         if mode == "simulated":
             if self.simulator is None:
                 return ToolResult(
@@ -175,7 +199,10 @@ class ToolRuntime:
         names = dict(args)
         funcs = self._functions()
         for var, src in tool.let.items():
-            names[var] = ex.evaluate(src, names, self.state, funcs)
+            try:
+                names[var] = ex.evaluate(src, names, self.state, funcs)
+            except ex.ExprError:  # e.g. arithmetic on a missing record: declared errors come next
+                names[var] = None
         for rule in tool.errors:
             if ex.evaluate(rule.when, names, self.state, funcs):
                 return ToolResult(ok=False, error=str(ex.render(rule.message, names)))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 from agentfactory.records import Task
 from agentfactory.tools import expr as ex
 from agentfactory.tools.domain import Domain, TaskTemplate
+from agentfactory.tools.runtime import ToolRuntime, world_functions
 from agentfactory.tools.world import Generator, generate_world
 
 
@@ -22,15 +22,11 @@ def instantiate(
     rng = random.Random(f"{domain.name}:{template.id}:{world_seed}")
     gen = Generator(rng.randrange(2**31))
 
-    def pick(coll: Any) -> Any:
-        if isinstance(coll, dict):
-            return rng.choice(sorted(coll)) if coll else None
-        return rng.choice(list(coll)) if coll else None
-
+    funcs = world_functions(rng, ToolRuntime.today_for(world_seed))
     names: dict[str, Any] = {}
     for var, spec in template.sample.items():
         if isinstance(spec, str):
-            value = ex.evaluate(spec, names, state, {"pick": pick})
+            value = ex.evaluate(spec, names, state, funcs)
         else:
             value = gen.value(spec, state)
         if value is None:

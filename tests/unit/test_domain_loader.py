@@ -86,6 +86,8 @@ EXPECTED = {
     "empty": "file is empty",
     "top_level_list": "got a list",
     "binary": "not a text file",
+    "where_self_compare": "compares the item's field with itself",
+    "nested_pointer": "nested pointers are not supported",
     "boolean_key": "this key must be a string: quote it",
 }
 

@@ -27,6 +27,10 @@ def assert_oracle_passes(domain: Domain) -> None:
         score, results, _ = score_trajectory(task.rubric, traj, runtime.state)
         if score < 1.0:
             failures.append((task.id, [r.detail for r in results if not r.passed]))
+        if task.kind not in ("refusal", "impossible"):  # a gold solution's calls all succeed
+            failed = [(c.tool, c.result.error) for c in runtime.history if not c.result.ok]
+            if failed:
+                failures.append((task.id, failed))
     assert not failures, failures[:5]
 
 
