@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from agentfactory.records import Task
 from agentfactory.tools import expr as ex
@@ -25,10 +26,7 @@ def instantiate(
     funcs = world_functions(rng, ToolRuntime.today_for(world_seed))
     names: dict[str, Any] = {}
     for var, spec in template.sample.items():
-        if isinstance(spec, str):
-            value = ex.evaluate(spec, names, state, funcs)
-        else:
-            value = gen.value(spec, state)
+        value = ex.evaluate(spec, names, state, funcs) if isinstance(spec, str) else gen.value(spec, state)
         if value is None:
             return None
         names[var] = value
