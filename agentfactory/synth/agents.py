@@ -1,0 +1,182 @@
+"""Agents: who answers the user. An `AgentSpec` is a system prompt plus a tool subset; an `Agent`
+produces the next assistant turn for many episodes at once.
+
+Specs are drawn per task from the repository: the task's own domain, a style of assistant, the
+tools the task needs plus distractors (some from other domains: cross-domain agents), so a few
+domains yield thousands of distinct agents. Implementations: the blueprint oracle (gold
+trajectories, no model) and a policy on any `Engine` (vLLM in-process, an endpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import Field
+
+from agentfactory.config import StrictModel
+from agentfactory.llm.base import Engine, GenerationRequest, SamplingParams
+from agentfactory.records import Message, Task, ToolCall, ToolSpec
+from agentfactory.synth.users import revealed
+from agentfactory.tools.domain import Domain
+
+STYLES = (
+    "a friendly and concise",
+    "a precise, professional",
+    "a warm, patient",
+    "a brisk, efficient",
+    "a careful, policy-minded",
+)
+
+
+class AgentSpec(StrictModel):
+    id: str
+    domains: list[str]
+    system_prompt: str
+    tools: list[ToolSpec]
+    style: str = ""
+
+
+class AgentSampling(StrictModel):
+    """How agents are drawn for tasks."""
+
+    distractor_fraction: float = Field(
+        0.5, ge=0, le=1, description="share of the domain's other tools offered"
+    )
+    cross_domain: float = Field(0.2, ge=0, le=1, description="probability of adding tools of another domain")
+    cross_domain_tools: int = Field(2, ge=0)
+
+
+def system_prompt(domains: Sequence[Domain], style: str, today: str | None = None) -> str:
+    head = f"You are {style} assistant" if style else "You are an assistant"
+    parts = [f"{head} for this service: {domains[0].description.strip()}"]
+    for d in domains[1:]:
+        parts.append(f"You can also use tools of another service: {d.description.strip()}")
+    policies = [d.policy.strip() for d in domains if d.policy.strip()]
+    if policies:
+        parts.append("Policy:\n" + "\n".join(policies))
+    if today:
+        parts.append(f"Today is {today}.")
+    parts.append("Use the tools to look things up and make changes; never invent ids or results.")
+    return "\n\n".join(parts)
+
+
+def sample_agent(task: Task, domains: dict[str, Domain], cfg: AgentSampling, rng: random.Random) -> AgentSpec:
+    """An agent able to solve `task`: its required tools, distractors, maybe another domain's tools."""
+    home = domains[task.domain]
+    needed = {c.tool for c in task.blueprint.calls} if task.blueprint else set()
+    others = [t for t in task.tools if t not in needed]
+    chosen = needed | set(rng.sample(others, round(len(others) * cfg.distractor_fraction)))
+    specs = [s for s in home.tool_specs() if s.name in chosen]
+    used = [home]
+    foreign = [d for name, d in sorted(domains.items()) if name != task.domain]
+    if foreign and rng.random() < cfg.cross_domain:
+        other = rng.choice(foreign)
+        names = {s.name for s in specs}
+        pool = [s for s in other.tool_specs() if s.name not in names]
+        extra = rng.sample(pool, min(cfg.cross_domain_tools, len(pool)))
+        if extra:
+            specs += extra
+            used.append(other)
+    rng.shuffle(specs)
+    style = rng.choice(STYLES)
+    prompt = system_prompt(used, style)
+    key = json.dumps([prompt, [s.name for s in specs]], sort_keys=True)
+    return AgentSpec(
+        id=hashlib.sha256(key.encode()).hexdigest()[:12],
+        domains=[d.name for d in used],
+        system_prompt=prompt,
+        tools=specs,
+        style=style,
+    )
+
+
+@dataclass
+class AgentTurn:
+    """The agent's next assistant message, with the exact sampled ids when a model produced it."""
+
+    message: Message
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    prompt_ids: list[int] | None = None
+    error: str | None = None  # unparsable output or a failed request: recorded, the episode ends
+    finish_reason: str = "stop"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Agent(Protocol):
+    name: str
+
+    def act(self, episodes: Sequence[Any]) -> list[AgentTurn]:
+        """The next assistant turn of each episode (an `EpisodeState`), batched."""
+        ...
+
+
+class OracleAgent:
+    """Follows the task's blueprint: asks for the facts it needs, makes the calls, states the answer."""
+
+    name = "oracle"
+
+    def act(self, episodes: Sequence[Any]) -> list[AgentTurn]:
+        return [self._act(ep) for ep in episodes]
+
+    def _act(self, ep: Any) -> AgentTurn:
+        task: Task = ep.task
+        calls = task.blueprint.calls if task.blueprint else []
+        blueprint_text = json.dumps([c.args for c in calls], ensure_ascii=False)
+        known = revealed(task.user_facts, ep.messages)
+        missing = [k for k, v in task.user_facts.items() if k not in known and str(v) in blueprint_text]
+        if missing and ep.cursor == 0:
+            names = " and ".join(k.replace("_", " ") for k in missing)
+            return AgentTurn(
+                Message(role="assistant", content=f"I can help with that. Could you tell me your {names}?")
+            )
+        if ep.cursor < len(calls):
+            step = calls[ep.cursor]
+            ep.cursor += 1
+            call = ToolCall(id=f"functions.{step.tool}:0", name=step.tool, arguments=step.args)
+            return AgentTurn(Message(role="assistant", content="", tool_calls=[call]))
+        facts = "; ".join(task.blueprint.answer_facts) if task.blueprint else ""
+        opener = {
+            "refusal": "I'm sorry, I can't do that under our policy",
+            "impossible": "I'm sorry, I couldn't complete that",
+        }.get(task.kind, "All done")
+        return AgentTurn(Message(role="assistant", content=f"{opener}: {facts}." if facts else f"{opener}."))
+
+
+class PolicyAgent:
+    """A model on any `Engine` plays the agent; its raw ids and logprobs are kept for RL."""
+
+    name = "policy"
+
+    def __init__(self, engine: Engine, params: SamplingParams | None = None):
+        self.engine = engine
+        self.params = params or SamplingParams(temperature=0.7, max_tokens=256, logprobs=True)
+
+    def act(self, episodes: Sequence[Any]) -> list[AgentTurn]:
+        requests = []
+        for ep in episodes:
+            params = self.params.model_copy(update={"seed": ep.rng.randrange(2**31)})
+            requests.append(GenerationRequest(messages=ep.messages, tools=ep.agent.tools, params=params))
+        turns = []
+        for group in self.engine.generate(requests):
+            c = group[0]
+            error = c.error if c.finish_reason == "error" else c.parse_error
+            if c.finish_reason == "length" and not error and not c.tool_calls:
+                error = "the reply hit max_tokens"
+            message = c.as_message() if not error else Message(role="assistant", content=c.text)
+            turns.append(
+                AgentTurn(
+                    message=message,
+                    token_ids=c.token_ids,
+                    logprobs=c.logprobs,
+                    error=error,
+                    finish_reason=c.finish_reason,
+                    meta={"policy_version": c.policy_version},
+                )
+            )
+        return turns

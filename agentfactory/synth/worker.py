@@ -1,0 +1,97 @@
+"""An episode worker: runs a batch of (task, attempt) episodes in lockstep and judges them.
+
+One worker is one Ray actor (or a plain object in-process). The judge runs where the episode ran
+because it needs the episode's final world state. Everything is seeded by (task, attempt), so a
+re-run of the same work item reproduces the same record.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from agentfactory.llm.base import Engine
+from agentfactory.llm.config import EngineConfig, build_engine
+from agentfactory.records import Message, Task, Trajectory
+from agentfactory.synth.agents import Agent, OracleAgent, PolicyAgent, sample_agent
+from agentfactory.synth.config import SynthConfig
+from agentfactory.synth.episode import EpisodeState, run_episodes
+from agentfactory.synth.judge import Judge, reward_of
+from agentfactory.synth.store import record_id
+from agentfactory.synth.toolexec import LLMToolSimulator, ToolExecutor
+from agentfactory.synth.users import LLMUser, ScriptedUser, UserSimulator
+from agentfactory.tools import load_domain
+
+
+class EpisodeWorker:
+    def __init__(self, config: SynthConfig, domain_paths: dict[str, str]):
+        self.config = config
+        self.domains = {name: load_domain(Path(p)) for name, p in domain_paths.items()}
+        self._engines: dict[str, Engine] = {}
+        self.agent: Agent = (
+            PolicyAgent(self._engine(config.agent.engine), config.agent.sampling)
+            if config.agent.kind == "policy"
+            else OracleAgent()
+        )
+        self.user: UserSimulator = (
+            LLMUser(self._engine(config.user.engine)) if config.user.kind == "llm" else ScriptedUser()
+        )
+        self.simulator = (
+            LLMToolSimulator(self._engine(config.tools.engine)) if config.tools.mode == "simulated" else None
+        )
+        judge_engine = self._engine(config.judge.engine) if config.judge.engine else None
+        self.judge = Judge(
+            config.judge, judge_engine, config.judge.engine.model if config.judge.engine else None
+        )
+
+    def _engine(self, cfg: EngineConfig | None) -> Engine:
+        """One engine per distinct config (e.g. the same local model can play user and judge)."""
+        assert cfg is not None
+        key = cfg.model_dump_json()
+        if key not in self._engines:
+            self._engines[key] = build_engine(cfg)
+        return self._engines[key]
+
+    def run(self, batch: list[tuple[Task, int]]) -> list[Trajectory]:
+        states = []
+        for task, attempt in batch:
+            rng = random.Random(f"{self.config.seed}:{task.id}:{attempt}")
+            spec = sample_agent(task, self.domains, self.config.agents, rng)
+            tools = ToolExecutor(
+                [self.domains[n] for n in spec.domains],
+                task.meta["world_seed"],
+                task.initial_state,
+                self.config.tools,
+                random.Random(rng.randrange(2**63)),
+                self.simulator,
+            )
+            system = Message(role="system", content=spec.system_prompt)
+            states.append(
+                EpisodeState(task=task, agent=spec, tools=tools, rng=rng, messages=[system], attempt=attempt)
+            )
+        trajectories = run_episodes(states, self.agent, self.user, self.config.limits)
+        verdicts = self.judge.judge_many(
+            [
+                (s.task, t, s.tools.state, random.Random(f"judge:{s.task.id}:{s.attempt}"))
+                for s, t in zip(states, trajectories, strict=True)
+            ]
+        )
+        records = []
+        for state, traj, verdict in zip(states, trajectories, verdicts, strict=True):
+            task = state.task
+            meta = {
+                **traj.meta,
+                "id": record_id(task.id, state.attempt),
+                "domain": task.domain,
+                "user_goal": task.user_goal,
+                "rubric": task.rubric.model_dump(mode="json"),
+                "source": f"{self.agent.name}+{self.user.name}",
+            }
+            records.append(
+                traj.model_copy(update={"judge": verdict, "reward": reward_of(verdict), "meta": meta})
+            )
+        return records
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
