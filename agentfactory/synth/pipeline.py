@@ -45,7 +45,7 @@ def domain_paths(config: SynthConfig) -> dict[str, str]:
 def make_tasks(config: SynthConfig, paths: dict[str, str]) -> list[Task]:
     """Every template over every world, deduplicated (same goal, rubric and world), in a seeded order."""
     tasks, seen = [], set()
-    for name, path in paths.items():
+    for path in paths.values():
         domain = load_domain(path)
         for seed in range(config.world_start, config.world_start + config.worlds):
             state = generate_world(domain, seed)

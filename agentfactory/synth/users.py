@@ -134,7 +134,7 @@ class LLMUser:
             params = self.params.model_copy(update={"seed": rng.randrange(2**31)})
             requests.append(GenerationRequest(messages=flipped, params=params))
         turns = []
-        for (task, _, _), (completion, *_) in zip(items, self.engine.generate(requests), strict=True):
+        for completion, *_ in self.engine.generate(requests):
             text = (completion.content if completion.content is not None else completion.text).strip()
             if completion.finish_reason == "error" or not text:
                 turns.append(
