@@ -1,12 +1,14 @@
 """Forward+backward tokens/s of our K2ForCausalLM vs transformers' DeepseekV3ForCausalLM at k2-mini.
 
 Both models get the same weights (ours saved, HF loaded from that checkpoint), the same batch, the
-same dtype and the same number of threads. Each model lives in its own worker process, so peak
-memory (RSS) is per model; the parent alternates single steps between the two workers, so noise
-from other load on the machine hits both alike. Prints a table with the ratio (goal ≥ 2×) and
-writes bench/results/model_step.json.
+same precision and the same number of threads. Each model lives in its own worker process, so
+peak memory (RSS) is per model; the parent alternates single steps between the two workers, so
+noise from other load on the machine hits both alike. Precisions: `float32` (weights and math), and
+`autocast-bf16` (fp32 weights, bf16 matmuls under torch.autocast: on CPUs with AVX512-BF16/AMX the
+matmuls run several times faster). Prints a table with the ratios (goal ≥ 2×) and writes
+bench/results/model_step.json.
 
-    python bench/model_step.py [--batch 8] [--seq 256] [--repeats 7] [--dtype float32]
+    python bench/model_step.py [--batch 4] [--seq 256] [--repeats 5] [--precision float32 autocast-bf16]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "model_step.json"
+PRECISIONS = ("float32", "autocast-bf16")
 
 
 def _rss_mib() -> float:
@@ -29,28 +32,32 @@ def _rss_mib() -> float:
 
 
 def _worker(kind: str, ckpt: str, args: dict, conn) -> None:
-    """Build one model, then answer 'step' (-> seconds) and 'mem' (-> MiB) until 'stop'."""
+    """Build one model, then answer a precision name (-> seconds of one step) and 'mem' (-> MiB) until 'stop'."""
+    import contextlib
+
     import torch
 
     torch.set_num_threads(args["threads"])
-    dtype = getattr(torch, args["dtype"])
     if kind == "ours":
         from agentfactory.model import K2ForCausalLM
 
-        model = K2ForCausalLM.from_pretrained(ckpt, dtype=dtype)
+        model = K2ForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     else:
         from transformers import DeepseekV3ForCausalLM
 
-        model = DeepseekV3ForCausalLM.from_pretrained(ckpt, dtype=dtype)
+        model = DeepseekV3ForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     model.train()
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (args["batch"], args["seq"]), generator=gen)
     rss_before = _rss_mib()
     conn.send("ready")
     while (cmd := conn.recv()) != "stop":
-        if cmd == "step":
+        if cmd in PRECISIONS:
+            autocast = cmd == "autocast-bf16"
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
             t0 = time.perf_counter()
-            loss = model(ids, labels=ids).loss
+            with ctx:
+                loss = model(ids, labels=ids).loss
             loss.backward()
             model.zero_grad(set_to_none=True)
             conn.send(time.perf_counter() - t0)
@@ -64,12 +71,12 @@ def _worker(kind: str, ckpt: str, args: dict, conn) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="k2-mini")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     p.add_argument("--threads", type=int, default=0, help="0 = torch's default for this machine")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
 
     import torch
@@ -80,7 +87,7 @@ def main() -> None:
 
     threads = args.threads or torch.get_num_threads()
     config = K2Config.preset(args.preset)
-    cfg = {"batch": args.batch, "seq": args.seq, "dtype": args.dtype, "threads": threads}
+    cfg = {"batch": args.batch, "seq": args.seq, "threads": threads}
     ckpt = tempfile.mkdtemp(prefix="bench_model_step_")
     torch.manual_seed(0)
     K2ForCausalLM(config).save_pretrained(ckpt)
@@ -95,50 +102,64 @@ def main() -> None:
     for _, conn in workers.values():
         assert conn.recv() == "ready"
 
-    times: dict[str, list[float]] = {k: [] for k in workers}
-    for i in range(args.warmup + args.repeats):
-        for kind, (_, conn) in workers.items():  # alternate: background load hits both alike
-            conn.send("step")
-            dt = conn.recv()
-            if i >= args.warmup:
-                times[kind].append(dt)
+    tokens = args.batch * args.seq
+    results: dict[str, dict] = {}
+    for precision in args.precision:
+        times: dict[str, list[float]] = {k: [] for k in workers}
+        for i in range(args.warmup + args.repeats):
+            for kind, (_, conn) in workers.items():  # alternate: background load hits both alike
+                conn.send(precision)
+                dt = conn.recv()
+                if i >= args.warmup:
+                    times[kind].append(dt)
+        results[precision] = {
+            kind: {
+                "median_s": statistics.median(ts),
+                "tokens_per_s": tokens / statistics.median(ts),
+                "all_s": ts,
+            }
+            for kind, ts in times.items()
+        }
+        results[precision]["ratio"] = (
+            results[precision]["ours"]["tokens_per_s"] / results[precision]["transformers"]["tokens_per_s"]
+        )
     mem = {}
     for kind, (proc, conn) in workers.items():
         conn.send("mem")
         mem[kind] = conn.recv()
         conn.send("stop")
         proc.join()
-
-    tokens = args.batch * args.seq
-    rows = {
-        kind: {
-            "median_s": statistics.median(ts),
-            "tokens_per_s": tokens / statistics.median(ts),
-            "all_s": ts,
-            **mem[kind],
-        }
-        for kind, ts in times.items()
-    }
-    ratio = rows["ours"]["tokens_per_s"] / rows["transformers"]["tokens_per_s"]
     total, active = count_params(config)
 
-    table = Table(
-        title=f"{args.preset} forward+backward, batch {args.batch}×{args.seq}, {args.dtype}, {threads} threads"
-    )
-    for col in ("model", "tokens/s", "median step", "peak RSS", "step memory"):
+    title = f"{args.preset} forward+backward, batch {args.batch}×{args.seq}, {threads} threads"
+    table = Table(title=title)
+    for col in ("precision", "model", "tokens/s", "median step", "ratio"):
         table.add_column(col, justify="right")
-    for kind, r in rows.items():
-        table.add_row(
-            kind,
-            f"{r['tokens_per_s']:,.0f}",
-            f"{r['median_s'] * 1e3:.0f} ms",
-            f"{r['peak_rss_mib']:,.0f} MiB",
-            f"{r['step_mib']:,.0f} MiB",
-        )
+    for precision, r in results.items():
+        for kind in workers:
+            ratio = f"{r['ratio']:.2f}×" if kind == "ours" else ""
+            table.add_row(
+                precision,
+                kind,
+                f"{r[kind]['tokens_per_s']:,.0f}",
+                f"{r[kind]['median_s'] * 1e3:.0f} ms",
+                ratio,
+            )
     console = Console()
     console.print(table)
+    for kind, m in mem.items():
+        console.print(
+            f"{kind}: peak RSS {m['peak_rss_mib']:,.0f} MiB ({m['step_mib']:,.0f} MiB above the loaded model)"
+        )
     console.print(f"params: {total / 1e6:.2f}M total, {active / 1e6:.2f}M active")
-    console.print(f"[bold]speed ratio ours/transformers: {ratio:.2f}×[/bold] (goal ≥ 2×)")
+    for precision, r in results.items():
+        console.print(f"[bold]{precision}: ours/transformers = {r['ratio']:.2f}×[/bold] (goal ≥ 2×)")
+    if len(results) == 2:
+        cross = (
+            results["autocast-bf16"]["ours"]["tokens_per_s"]
+            / results["float32"]["transformers"]["tokens_per_s"]
+        )
+        console.print(f"ours autocast-bf16 vs transformers float32: {cross:.2f}× (different precision)")
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     out = {
@@ -149,8 +170,8 @@ def main() -> None:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "torch": torch.__version__,
-        "ratio": ratio,
-        "results": rows,
+        "results": results,
+        "memory": mem,
     }
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     console.print(f"wrote {RESULTS}")
