@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfactory.config import StrictModel
+from agentfactory.synth.config import SynthConfig
 from agentfactory.tools import domain_files, load_domain
 
 
@@ -34,6 +35,9 @@ class PipelineConfig(StrictModel):
     seed: int = 0
     output_dir: str = "runs"
     domains: DomainsStage | None = DomainsStage()
+    synth: SynthConfig | None = Field(
+        None, description="agentic data synthesis (then export to a HF dataset)"
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -89,5 +93,27 @@ def run_pipeline(config: PipelineConfig, console: Console | None = None) -> dict
         t0 = time.perf_counter()
         results["domains"] = run_domains(config.domains, run_dir, console)
         results["domains"]["seconds"] = round(time.perf_counter() - t0, 3)
+    if config.synth is not None:
+        results["synth"] = run_synth_stage(config, console)
     (run_dir / "summary.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def run_synth_stage(
+    config: PipelineConfig, console: Console, use_ray: bool = True, overwrite: bool = False
+) -> dict:
+    """Synthesize into <run>/synth (resuming what is there), then export <run>/synth/dataset."""
+    import shutil
+
+    from agentfactory.synth.export import export_dataset
+    from agentfactory.synth.pipeline import run_synth
+    from agentfactory.synth.store import ShardStore
+
+    out = config.run_dir / "synth"
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    summary = run_synth(config.synth, out, console, use_ray=use_ray)
+    store = ShardStore(out, config.synth.fingerprint())
+    exported = export_dataset(store.records(), out / "dataset")
+    console.print(f"dataset: {exported['rows']} rows in {exported['path']}")
+    return {**summary, "dataset": exported["path"], "rows": exported["rows"]}

@@ -135,6 +135,10 @@ class OracleAgent:
             return AgentTurn(
                 Message(role="assistant", content=f"I can help with that. Could you tell me your {names}?")
             )
+        last = ep.messages[-1]
+        if last.role == "tool" and "try again" in (last.content or "") and ep.retries < 2:
+            ep.retries += 1  # a transient fault: retry the same call, as a careful agent would
+            ep.cursor -= 1
         if ep.cursor < len(calls):
             step = calls[ep.cursor]
             ep.cursor += 1

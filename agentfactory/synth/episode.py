@@ -36,6 +36,7 @@ class EpisodeState:
     messages: list[Message]
     attempt: int = 0
     cursor: int = 0  # the oracle's position in the blueprint
+    retries: int = 0  # the oracle's retries after transient tool faults
     assistant_turns: int = 0
     tool_calls: int = 0
     status: RolloutStatus | None = None

@@ -178,8 +178,15 @@ def parse(src: str) -> Expr:
     except SyntaxError as e:
         raise ExprError(f"cannot parse expression {src!r}: {e.msg}") from None
     names, items, wheres = set(), [], []
+    bound = {  # comprehension variables are not free names
+        n.id
+        for c in ast.walk(tree)
+        if isinstance(c, ast.comprehension)
+        for n in ast.walk(c.target)
+        if isinstance(n, ast.Name)
+    }
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id not in {*BUILTINS, *RUNTIME_FUNCTIONS, "_ptr"}:
+        if isinstance(node, ast.Name) and node.id not in {*BUILTINS, *RUNTIME_FUNCTIONS, "_ptr", *bound}:
             names.add(node.id)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "where":
             arg = node.args[1] if len(node.args) in (2, 3) else None

@@ -64,10 +64,13 @@ def state_hash(state: Any) -> str:
 
 
 def _with_defaults(schema: dict, args: dict) -> dict:
+    """Omitted optional arguments take their schema `default`, else None (so expressions can test them)."""
     out = dict(args)
     for name, prop in schema.get("properties", {}).items():
-        if name not in out and isinstance(prop, dict) and "default" in prop:
-            out[name] = copy.deepcopy(prop["default"])
+        if name not in out:
+            out[name] = (
+                copy.deepcopy(prop["default"]) if isinstance(prop, dict) and "default" in prop else None
+            )
     return out
 
 

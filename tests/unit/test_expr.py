@@ -53,6 +53,10 @@ def test_parse_collects_names_and_pointers_and_rejects_unsafe_syntax():
     e = parse("status == 'pending' and /orders/{order_id}/total > limit")
     assert e.names == {"status", "order_id", "limit"}
     assert e.pointers == ("/orders/{order_id}/total",)
+    assert parse("[o['total'] for o in values(/orders) if o['user'] == u]").names == {"u"}
+    assert (
+        evaluate("sum([o['total'] for o in values(/orders) if o['user'] == u])", {"u": "u1"}, STATE) == 11.0
+    )
     for bad in ("x.__class__", "lambda: 1", "(y := 2)", "foo(", "", "where(/orders, status)"):
         with pytest.raises(ExprError):
             parse(bad)

@@ -1,0 +1,191 @@
+"""Synthesis without Ray: oracle + scripted user + runtime + judge produce an accepted dataset;
+the judge rejects wrong states and forbidden calls; faults appear at their rates; runs resume."""
+
+import json
+import random
+from collections import Counter
+
+import datasets
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+from pydantic import TypeAdapter
+
+from agentfactory.records import Message, ToolCall
+from agentfactory.synth.agents import AgentSampling, sample_agent
+from agentfactory.synth.config import SynthConfig
+from agentfactory.synth.export import export_dataset
+from agentfactory.synth.judge import Judge, JudgeConfig
+from agentfactory.synth.pipeline import domain_paths, make_tasks, run_synth
+from agentfactory.synth.store import RunMismatch, ShardStore
+from agentfactory.synth.toolexec import FaultRates, ToolExecConfig, ToolExecutor
+from agentfactory.synth.users import STOP, ScriptedUser, asked_facts
+from agentfactory.tools import find_domain
+
+DOMAINS = ["retail_orders", "bank_accounts", "smart_home"]
+
+
+def small(**kw) -> SynthConfig:
+    return SynthConfig(**{"domains": DOMAINS, "worlds": 2, "workers": 1, "batch_size": 8, **kw})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    summary = run_synth(small(), out, use_ray=False)
+    return out, summary
+
+
+def test_oracle_and_scripted_user_give_an_accepted_dataset(run, tmp_path):
+    out, summary = run
+    assert summary["tasks"] > 20 and summary["accepted"] == summary["episodes"] == summary["tasks"]
+    records = list(ShardStore(out, small().fingerprint()).records())
+    ids = [r.meta["id"] for r in records]
+    assert len(ids) == len(set(ids)) == summary["tasks"]
+    assert {r.meta["domain"] for r in records} == set(DOMAINS)
+    assert set(Counter(r.meta["kind"] for r in records)) >= {
+        "single_call",
+        "multi_step",
+        "clarification",
+        "refusal",
+    }
+    exported = export_dataset(records, tmp_path / "ds")
+    ds = datasets.load_from_disk(str(tmp_path / "ds" / "hf"))
+    assert ds.column_names == [
+        "id",
+        "domain",
+        "category",
+        "messages",
+        "tools",
+        "rubric",
+        "judge",
+        "reward",
+        "source",
+        "meta",
+    ]
+    assert len(ds) == exported["rows"] == summary["accepted"]
+    row = ds[0]
+    messages = [{k: v for k, v in m.items() if v is not None} for m in row["messages"]]
+    TypeAdapter(list[ChatCompletionMessageParam]).validate_python(messages)
+    assert json.loads(row["tools"])[0]["type"] == "function"
+    assert datasets.Dataset.from_parquet(str(tmp_path / "ds" / "data.parquet")).num_rows == len(ds)
+    card = (tmp_path / "ds" / "README.md").read_text()
+    assert "acceptance_by_domain.png" in card and "<details>" in card
+    assert len(list((tmp_path / "ds" / "plots").glob("*.png"))) == 4
+
+
+def test_clarification_episodes_ask_before_acting(run):
+    out, _ = run
+    for rec in ShardStore(out, small().fingerprint()).records():
+        if rec.meta["kind"] != "clarification":
+            continue
+        first_assistant = next(m for m in rec.messages if m.role == "assistant")
+        assert first_assistant.content and "?" in first_assistant.content and not first_assistant.tool_calls
+        assert STOP not in rec.messages[-1].content  # the stop marker is not dialogue
+
+
+def test_judge_rejects_wrong_state_and_forbidden_calls():
+    domain = find_domain("retail_orders")
+    tasks = [
+        t
+        for t in make_tasks(small(domains=["retail_orders"]), domain_paths(small(domains=["retail_orders"])))
+        if t.meta["template"] == "refuse_cancel_shipped"
+    ]
+    task = tasks[0]
+    order = task.meta["vars"]["order_id"]
+    rng = random.Random(0)
+    spec = sample_agent(task, {"retail_orders": domain}, AgentSampling(), rng)
+    tools = ToolExecutor([domain], task.meta["world_seed"], task.initial_state, ToolExecConfig(), rng)
+    tools.runtimes["retail_orders"].state["orders"][order]["status"] = "cancelled"  # a wrong end state
+    call = ToolCall(id="c0", name="cancel_order", arguments={"order_id": order, "reason": "no longer needed"})
+    from agentfactory.records import RolloutStatus, Trajectory
+
+    traj = Trajectory(
+        task_id=task.id,
+        messages=[
+            Message(role="user", content=task.user_goal),
+            Message(role="assistant", tool_calls=[call]),
+            Message(role="assistant", content="Done, it is cancelled."),
+        ],
+        tools=spec.tools,
+        status=RolloutStatus.completed,
+    )
+    verdict = Judge(JudgeConfig()).judge(task, traj, tools.state, rng)
+    assert not verdict.accepted
+    reasons = " | ".join(verdict.reasons)
+    assert "must_not_call failed" in reasons and "final_state failed" in reasons
+    truncated = traj.model_copy(update={"status": RolloutStatus.truncated})
+    assert Judge().judge(task, truncated, task.initial_state, rng).reasons[0].startswith("status truncated")
+
+
+def test_faults_appear_at_configured_rates():
+    domain = find_domain("retail_orders")
+    rates = FaultRates(timeout=0.1, transient=0.15, partial=0.2)
+    ex = ToolExecutor([domain], 0, None, ToolExecConfig(faults=rates), random.Random(7))
+    user = next(iter(ex.state["users"]))
+    n = 4000
+    results = [ex.call("get_user", {"user_id": user}) for _ in range(n)]
+    assert abs(ex.faults["timeout"] / n - 0.1) < 0.02
+    assert abs(ex.faults["transient"] / n - 0.15) < 0.02
+    ok = sum(r.ok for r in results)
+    assert abs(ex.faults["partial"] / ok - 0.2) < 0.03  # partial applies to successful calls
+    full = len(ex.runtimes["retail_orders"].state["users"][user])
+    assert any(r.ok and len(r.content) < full for r in results)
+
+
+def test_scripted_user_reveals_facts_only_when_asked():
+    assert asked_facts(
+        "Could you tell me your email and order id?", {"email": "a", "order_id": "b", "zip": "c"}
+    ) == ["email", "order_id"]
+    assert asked_facts("What is the order number?", {"order_id": "W1"}) == ["order_id"]
+    from agentfactory.records import Task
+
+    task = Task(
+        id="t",
+        domain="d",
+        user_goal="Cancel my order.",
+        persona="terse",
+        user_facts={"order_id": "W77", "email": "x@y.z"},
+    )
+    user, rng = ScriptedUser(), random.Random(0)
+    hist = [
+        Message(role="user", content="Cancel my order."),
+        Message(role="assistant", content="Which order id?"),
+    ]
+    reply = user.reply([(task, hist, rng)])[0]
+    assert "W77" in reply.text and "x@y.z" not in reply.text and not reply.stop
+    hist += [Message(role="user", content=reply.text), Message(role="assistant", content="It is cancelled.")]
+    assert user.reply([(task, hist, rng)])[0].stop
+
+
+def test_thousands_of_distinct_agents():
+    cfg = SynthConfig(worlds=30, domains=None)
+    paths = domain_paths(cfg)
+    domains = {n: find_domain(n) for n in paths}
+    tasks = make_tasks(cfg, paths)
+    ids = {
+        sample_agent(t, domains, AgentSampling(), random.Random(f"{t.id}:{a}")).id
+        for t in tasks
+        for a in range(2)
+    }
+    assert len(ids) >= 1000
+    cross = sum(
+        len(sample_agent(t, domains, AgentSampling(), random.Random(t.id)).domains) > 1 for t in tasks
+    )
+    assert 0.1 < cross / len(tasks) < 0.3
+
+
+def test_resume_skips_finished_work_and_refuses_another_config(tmp_path):
+    cfg = small()
+    full = run_synth(cfg, tmp_path / "a", use_ray=False)
+    store = ShardStore(tmp_path / "a", cfg.fingerprint())
+    shards = store.shard_files()
+    before = {r.meta["id"]: r for r in store.records()}
+    shards[-1].unlink()  # as if killed before the last shard was written
+    (tmp_path / "a" / "shards" / "part-99999.tmp").write_text("half a shard")
+    run_synth(cfg.model_copy(update={"shard_size": 5}), tmp_path / "a", use_ray=False)
+    after = list(ShardStore(tmp_path / "a", cfg.fingerprint()).records())
+    assert sorted(r.meta["id"] for r in after) == sorted(before)  # nothing lost, nothing twice
+    assert all(before[r.meta["id"]].messages == r.messages for r in after)  # reproducible per work item
+    assert full["tasks"] == len(after)
+    with pytest.raises(RunMismatch):
+        run_synth(cfg.model_copy(update={"seed": 1}), tmp_path / "a", use_ray=False)
