@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from agentfactory.model.attention import MLA, RotaryEmbedding
 from agentfactory.model.config import K2Config
+from agentfactory.model.loss import cross_entropy
 from agentfactory.model.moe import MLP, MoE, update_router_bias
 
 
@@ -134,7 +135,7 @@ class K2ForCausalLM(nn.Module):
         if labels is not None:
             # Shift the labels, not the logits: no copy of the (B, T, V) tensor.
             targets_BT = F.pad(labels[:, 1:], (0, 1), value=-100)
-            loss = F.cross_entropy(logits_BTV.flatten(0, 1).float(), targets_BT.flatten(), ignore_index=-100)
+            loss = cross_entropy(logits_BTV.flatten(0, 1), targets_BT.flatten(), ignore_index=-100)
             if aux is not None:
                 loss = loss + aux
         expert_load = torch.stack(counts) if counts else None

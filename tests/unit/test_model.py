@@ -170,3 +170,21 @@ def test_bf16_forward_backward():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 weights, bf16 compute
         loss = _model().train()(ids, labels=ids).loss
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_cross_entropy_matches_torch(dtype, monkeypatch):
+    import agentfactory.model.loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "CHUNK_ELEMENTS", 7 * 50)  # several chunks, a ragged last one
+    logits = (3 * torch.randn(40, 50)).to(dtype).requires_grad_()
+    targets = torch.randint(0, 50, (40,))
+    targets[::3] = -100
+    ours = loss_mod.cross_entropy(logits, targets)
+    (g_ours,) = torch.autograd.grad(2.0 * ours, logits)
+    want = F.cross_entropy(logits.float(), targets, ignore_index=-100)
+    (g_want,) = torch.autograd.grad(2.0 * want, logits)
+    assert torch.allclose(ours, want, atol=1e-6)
+    assert g_ours.dtype == dtype and not g_ours[::3].any()
+    assert torch.allclose(g_ours.float(), g_want.float(), atol=1e-6 if dtype == torch.float32 else 1e-3)
+    assert torch.isnan(loss_mod.cross_entropy(logits, torch.full((40,), -100)))  # like torch: 0/0
