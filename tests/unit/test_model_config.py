@@ -79,3 +79,30 @@ def test_invalid_configs_are_rejected(overrides, message):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset 'k3'"):
         K2Config.preset("k3")
+
+
+@pytest.mark.parametrize("name", ["debug", "k2-mini", "moonlight-16b-a3b", "deepseek-v3-671b", "kimi-k2-1t"])
+def test_hf_config_round_trip(name):
+    from agentfactory.model.hf_adapter import config_from_hf, config_to_hf
+
+    config = K2Config.preset(name)
+    assert config_from_hf(config_to_hf(config)) == config
+
+
+def test_reads_released_style_config():
+    """Moonshot's config.json style: model_type kimi_k2, legacy rope_scaling, extra keys."""
+    from agentfactory.model.hf_adapter import config_from_hf, config_to_hf
+
+    released = config_to_hf(K2Config.preset("kimi-k2-1t"))
+    released.update(model_type="kimi_k2", auto_map={"AutoConfig": "configuration_deepseek.DeepseekV3Config"})
+    for key in ("bias_update_speed", "aux_loss_alpha", "initializer_range"):
+        released.pop(key)
+    config = config_from_hf(released)
+    assert config.rope_scaling.factor == 32.0 and config.n_routed_experts == 384
+    # transformers >= 5 writes rope_parameters (rope_theta inside) instead of rope_scaling
+    hf5 = {k: v for k, v in released.items() if k not in ("rope_scaling", "rope_theta")}
+    hf5["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 50000.0, **released["rope_scaling"]}
+    hf5["rope_parameters"].pop("type")
+    assert config_from_hf(hf5) == config
+    with pytest.raises(ValueError, match="scoring_func='softmax'"):
+        config_from_hf({**released, "scoring_func": "softmax"})
