@@ -218,7 +218,7 @@ def summarize(records: Any, n_tasks: int, seconds: float) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "accepted_per_s": round(acc / seconds, 2) if seconds else None,
         "by_domain": {d: dict(c) for d, c in sorted(per_domain.items())},
-        "status": dict(status),
+        "rollout_status": dict(status),
         "rejection_reasons": dict(reasons.most_common()),
     }
 
