@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*; touch $@
 
 demo: install
-	$(VENV)/bin/agentfactory demo
+	$(VENV)/bin/agentfactory run pipelines/quickstart.yaml
 
 test: install
 	$(PY) -m pytest -q tests/unit
