@@ -1,0 +1,87 @@
+"""Synthesis throughput: accepted trajectories/s with 1 vs 2 Ray episode workers, in one run.
+
+Same tasks (oracle agent, scripted user, declarative runtime, rubric judge), same batch size;
+Ray is started once and each configuration is timed over several repeats (median), excluding
+actor start-up, so the ratio measures the pool's scaling. Goal: ≥ 1.7× with 2 workers on 2 cores.
+Writes bench/results/synth_scaling.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import ray
+from rich.console import Console
+from rich.table import Table
+
+from agentfactory.synth.config import SynthConfig
+from agentfactory.synth.pipeline import domain_paths, make_tasks
+from agentfactory.synth.worker import EpisodeWorker
+
+OUT = Path(__file__).parent / "results"
+REPEATS = 5
+
+
+def throughput(actors: list, batches: list) -> float:
+    """Accepted trajectories per second, all batches spread round-robin over the actors."""
+    t0 = time.perf_counter()
+    refs = [actors[i % len(actors)].run.remote(b) for i, b in enumerate(batches)]
+    accepted = sum(r.judge.accepted for out in ray.get(refs) for r in out)
+    return accepted / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    console = Console()
+    cfg = SynthConfig(worlds=4, batch_size=16)
+    paths = domain_paths(cfg)
+    tasks = make_tasks(cfg, paths)
+    batches = [[(t, 0) for t in tasks[i : i + cfg.batch_size]] for i in range(0, len(tasks), cfg.batch_size)]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    worker = ray.remote(num_cpus=1)(EpisodeWorker)
+    results = {}
+    for n in (1, 2):
+        actors = [worker.remote(cfg, paths) for _ in range(n)]
+        throughput(actors, batches[: 2 * n])  # warm-up: imports, domain loading
+        runs = [throughput(actors, batches) for _ in range(REPEATS)]
+        results[n] = {"accepted_per_s": statistics.median(runs), "runs": runs}
+        for a in actors:
+            ray.kill(a)
+    ray.shutdown()
+    ratio = results[2]["accepted_per_s"] / results[1]["accepted_per_s"]
+    table = Table(
+        "workers", "accepted/s (median)", "ratio vs 1", title=f"Synthesis scaling ({len(tasks)} tasks)"
+    )
+    for n, r in results.items():
+        table.add_row(
+            str(n), f"{r['accepted_per_s']:.1f}", f"{r['accepted_per_s'] / results[1]['accepted_per_s']:.2f}x"
+        )
+    console.print(table)
+    console.print(f"goal ≥ 1.7x: {'met' if ratio >= 1.7 else 'NOT met'} ({ratio:.2f}x)")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "synth_scaling.json").write_text(
+        json.dumps(
+            {
+                "tasks": len(tasks),
+                "batch_size": cfg.batch_size,
+                "results": results,
+                "ratio_2_vs_1": ratio,
+                "goal": 1.7,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                },
+                "versions": {"ray": ray.__version__},
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
