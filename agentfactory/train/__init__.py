@@ -1,0 +1,38 @@
+"""Pretrain / SFT trainer for K2 models with MuonClip: data, schedule, checkpoint + exact resume, FSDP2.
+
+Entry points: `pretrain(PretrainConfig)` and `sft(SFTConfig)` (what `agentfactory train pretrain|sft`
+calls), or `torchrun --nproc_per_node N -m agentfactory.train pretrain|sft CONFIG [--set k=v ...]`.
+"""
+
+from agentfactory.train.config import (
+    ChatData,
+    ModelSource,
+    PretrainConfig,
+    ScheduleConfig,
+    SFTConfig,
+    TextData,
+    TrainConfig,
+)
+from agentfactory.train.data import DataError, DataStats, load_chat, load_text
+from agentfactory.train.schedule import lr_multiplier
+from agentfactory.train.trainer import TrainingDiverged, TrainResult, pretrain, sft, train
+
+__all__ = [
+    "ChatData",
+    "DataError",
+    "DataStats",
+    "ModelSource",
+    "PretrainConfig",
+    "SFTConfig",
+    "ScheduleConfig",
+    "TextData",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "load_chat",
+    "load_text",
+    "lr_multiplier",
+    "pretrain",
+    "sft",
+    "train",
+]

@@ -1,0 +1,67 @@
+"""Training checkpoints for exact resume: model, optimizer, step, data position, RNG states.
+
+Layout of `output_dir/checkpoint/`:
+    model.pt      full model state dict (persistent buffers included: the routers' balancing biases)
+    optim.pt      full Muon + AdamW state, keyed by parameter name
+    trainer.json  step, samples seen, data fingerprint, last loss
+    rng.pt        torch and Python RNG states of rank 0
+The learning-rate schedule is a pure function of the step, so it needs no state. A checkpoint is
+written to `checkpoint.tmp/` and swapped in by renames, so a crash while saving leaves the previous
+checkpoint intact: the last good checkpoint always survives.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class TrainerState:
+    """Where training stands after `step` optimizer steps."""
+
+    step: int = 0
+    samples_seen: int = 0
+    data_fingerprint: str = ""
+    loss: float | None = None
+
+
+def save_checkpoint(directory: Path, model_sd: dict, optim_sd: dict, state: TrainerState) -> Path:
+    """Write the checkpoint atomically (call on rank 0 only)."""
+    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(model_sd, tmp / "model.pt")
+    torch.save(optim_sd, tmp / "optim.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+    (tmp / "trainer.json").write_text(json.dumps(asdict(state), indent=2))
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def find_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint dir if complete; also recovers one left as `.old` by a crash mid-swap."""
+    old = directory.with_name(directory.name + ".old")
+    if not (directory / "trainer.json").exists() and (old / "trainer.json").exists():
+        old.rename(directory)
+    return directory if (directory / "trainer.json").exists() else None
+
+
+def load_checkpoint(directory: Path) -> tuple[dict, dict, TrainerState]:
+    """(model state dict, optimizer state dict, trainer state); restores the RNG states too."""
+    state = TrainerState(**json.loads((directory / "trainer.json").read_text()))
+    model_sd = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+    optim_sd = torch.load(directory / "optim.pt", map_location="cpu", weights_only=False)
+    rng = torch.load(directory / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    return model_sd, optim_sd, state

@@ -1,0 +1,111 @@
+"""Trainer configs: one small strict model per concern, composed into `PretrainConfig` / `SFTConfig`.
+
+A YAML file maps onto these 1:1 (`load_config(path, SFTConfig, ["steps=50"])`), e.g.
+
+    model: {preset: k2-mini}                # or {init_from: runs/pretrain/model}
+    tokenizer: runs/tokenizer
+    data: {paths: [runs/synth/dataset.jsonl], seq_len: 1024}
+    optimizer: {lr: 0.02, adamw_lr: 0.003, qk_clip_tau: 30}
+    schedule: {kind: cosine, warmup_steps: 20}
+    steps: 300
+    batch_size: 16
+    micro_batch_size: 8
+    output_dir: runs/sft
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from agentfactory.config import StrictModel
+from agentfactory.model.config import PresetName
+from agentfactory.optim import OptimizerConfig
+
+
+class ModelSource(StrictModel):
+    """Where the weights come from: a fresh preset (vocab size from the tokenizer) or a checkpoint."""
+
+    preset: PresetName = Field("k2-mini", description="K2Config preset for a model trained from scratch")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="K2Config field overrides (vocab_size comes from the tokenizer)"
+    )
+    init_from: str | None = Field(
+        None, description="HF DeepseekV3 checkpoint dir to start from (e.g. a pretrain run's model/)"
+    )
+
+
+class ScheduleConfig(StrictModel):
+    """Learning-rate multiplier over the steps (applied to every group's peak lr)."""
+
+    kind: Literal["cosine", "wsd", "constant"] = Field(
+        "cosine", description="warmup then cosine decay | warmup-stable-decay | warmup then constant"
+    )
+    warmup_steps: NonNegativeInt = Field(10, description="linear warmup steps from 0 to the peak")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of the peak")
+    decay_fraction: float = Field(
+        0.2, gt=0, le=1, description="WSD: the last fraction of steps that decays linearly to the minimum"
+    )
+
+
+class TextData(StrictModel):
+    """Pretraining text, packed: documents joined with [EOS] and cut into seq_len rows."""
+
+    paths: list[str] = Field(
+        min_length=1, description=".txt files (one document each) or .jsonl rows with 'text' or 'messages'"
+    )
+    seq_len: PositiveInt = Field(256, description="tokens per packed row")
+
+
+class ChatData(StrictModel):
+    """SFT conversations: OpenAI `messages` + `tools` rows, rendered in the K2 chat format."""
+
+    paths: list[str] = Field(
+        min_length=1, description=".jsonl / .json / .parquet files or a datasets.save_to_disk folder"
+    )
+    seq_len: PositiveInt = Field(1024, description="longer conversations are truncated (and counted)")
+
+
+class TrainConfig(StrictModel):
+    """What both trainers share; `PretrainConfig` and `SFTConfig` add their `data` section."""
+
+    model: ModelSource = Field(default_factory=ModelSource)
+    tokenizer: str = Field(description="tokenizer dir (agentfactory tokenizer train / load_tokenizer)")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    steps: PositiveInt = Field(100, description="optimizer steps in total (a resumed run continues to it)")
+    batch_size: PositiveInt = Field(16, description="sequences per optimizer step, over all processes")
+    micro_batch_size: PositiveInt = Field(
+        8, description="sequences per forward pass on one process; the rest is gradient accumulation"
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="compute dtype (bfloat16 = autocast; weights and optimizer stay fp32)"
+    )
+    grad_clip: PositiveFloat | None = Field(1.0, description="clip the global grad norm; None = off")
+    seed: int = Field(0, description="seeds the init and the data order")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    threads: PositiveInt | None = Field(None, description="torch CPU threads per process; None = default")
+    output_dir: str = Field("runs/train", description="checkpoint/, metrics.jsonl, model/, summary.json")
+    checkpoint_every: NonNegativeInt = Field(50, description="steps between checkpoints; 0 = only at the end")
+    resume: bool = Field(True, description="continue from output_dir/checkpoint when it exists")
+    save_model: bool = Field(
+        True, description="write the final HF checkpoint + tokenizer to output_dir/model"
+    )
+    progress: bool = Field(True, description="show a rich progress bar")
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> TrainConfig:
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
+        return self
+
+
+class PretrainConfig(TrainConfig):
+    data: TextData
+
+
+class SFTConfig(TrainConfig):
+    data: ChatData

@@ -1,0 +1,250 @@
+"""Trainer: SFT masking and bad rows, schedules, accumulation, exact resume, NaN stop, metrics."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from agentfactory.model import K2ForCausalLM, encode_with_mask, load_tokenizer, train_tokenizer
+from agentfactory.train import (
+    ChatData,
+    DataError,
+    PretrainConfig,
+    ScheduleConfig,
+    SFTConfig,
+    TrainingDiverged,
+    load_chat,
+    lr_multiplier,
+    pretrain,
+    sft,
+)
+from agentfactory.train.data import IGNORE, sample_indices
+
+WORDS = "the order was shipped to customer and cancelled refund pending account balance for".split()
+
+
+def _conversation(rnd: random.Random, i: int) -> dict:
+    order = str(rnd.randint(1000, 9999))
+    return {
+        "id": f"conv-{i}",
+        "messages": [
+            {"role": "system", "content": "You help with orders."},
+            {"role": "user", "content": f"Where is order {order}?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_order", "arguments": json.dumps({"order_id": order})},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": json.dumps({"status": rnd.choice(WORDS)})},
+            {"role": "assistant", "content": f"Order {order} is {rnd.choice(WORDS)}."},
+        ],
+        "tools": json.dumps(  # exported datasets store tools as a JSON string
+            [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "get_order",
+                        "description": "Look up an order.",
+                        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+                    },
+                }
+            ]
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A tokenizer, a text corpus and a chat dataset, shared by the module's tests."""
+    root = tmp_path_factory.mktemp("train")
+    rnd = random.Random(0)
+    docs = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(20, 60))) for _ in range(120)]
+    (root / "text.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    convs = [_conversation(rnd, i) for i in range(24)]
+    convs.insert(5, {"id": "no-assistant", "messages": [{"role": "user", "content": "hi"}]})
+    (root / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
+    from agentfactory.model.chat import render
+
+    texts = docs + [render(c["messages"], json.loads(c["tools"])) for c in convs[:10] if "tools" in c]
+    train_tokenizer(texts, 400, root / "tok")
+    return root
+
+
+def _pretrain_config(corpus, out, **kw) -> PretrainConfig:
+    base = dict(
+        tokenizer=str(corpus / "tok"),
+        model={"preset": "debug"},
+        data={"paths": [str(corpus / "text.jsonl")], "seq_len": 48},
+        optimizer={"lr": 0.02, "adamw_lr": 3e-3, "qk_clip_tau": 50.0},
+        schedule={"warmup_steps": 2},
+        steps=6,
+        batch_size=8,
+        micro_batch_size=4,
+        output_dir=str(out),
+        checkpoint_every=3,
+        progress=False,
+        save_model=False,
+    )
+    return PretrainConfig(**{**base, **kw})
+
+
+def _losses(path) -> list[float]:
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------ schedule
+
+
+def test_schedules():
+    cos = ScheduleConfig(kind="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_multiplier(5, 100, cos) == 0.5 and lr_multiplier(10, 100, cos) == 1.0
+    assert lr_multiplier(100, 100, cos) == pytest.approx(0.1)
+    assert lr_multiplier(55, 100, cos) == pytest.approx(0.55)
+    wsd = ScheduleConfig(kind="wsd", warmup_steps=10, min_lr_ratio=0.0, decay_fraction=0.2)
+    assert lr_multiplier(80, 100, wsd) == 1.0 and lr_multiplier(90, 100, wsd) == pytest.approx(0.5)
+    assert lr_multiplier(100, 100, wsd) == 0.0
+    assert lr_multiplier(50, 100, ScheduleConfig(kind="constant", warmup_steps=0)) == 1.0
+
+
+def test_sample_order_is_a_permutation_per_epoch():
+    first, second = sample_indices(10, 0, 10, seed=3), sample_indices(10, 10, 10, seed=3)
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second
+    assert sample_indices(10, 7, 6, seed=3) == (first + second)[7:13]  # position is all the state
+
+
+# ---------------------------------------------------------------------------------------- SFT data
+
+
+def test_sft_labels_only_on_assistant_tokens(corpus):
+    tok = load_tokenizer(corpus / "tok")
+    data = load_chat(ChatData(paths=[str(corpus / "chat.jsonl")]), tok)
+    assert data.stats.rows == 25 and data.stats.used == 24 and data.stats.skipped_no_assistant == 1
+    conv = json.loads((corpus / "chat.jsonl").read_text().splitlines()[0])
+    ids, mask = encode_with_mask(tok, conv["messages"], json.loads(conv["tools"]))
+    assert data.ids[0].tolist() == ids
+    labels = data.labels[0]
+    assert [int(x != IGNORE) for x in labels] == mask
+    target_text = tok.decode([t for t in labels.tolist() if t != IGNORE])
+    assert "get_order" in target_text and "<|tool_call_begin|>" in target_text  # tool calls are targets
+    assert "You help with orders" not in target_text and "Where is order" not in target_text
+    assert '"status"' not in target_text  # the tool result is context
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ({"id": "bad-role", "messages": [{"role": "robot", "content": "x"}]}, r"row bad-role: messages\[0\]"),
+        (
+            {"id": "bad-tool", "messages": [{"role": "user", "content": "x"}], "tools": [{"function": {}}]},
+            r"row bad-tool: tools\[0\]",
+        ),
+        ({"messages": []}, "row line 2: expected a non-empty 'messages' list"),
+        (
+            {
+                "id": "bad-args",
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+                        ],
+                    }
+                ],
+            },
+            r"row bad-args: messages\[0\].*not valid JSON",
+        ),
+    ],
+)
+def test_invalid_rows_name_the_row(corpus, tmp_path, row, match):
+    good = _conversation(random.Random(1), 0)
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    tok = load_tokenizer(corpus / "tok")
+    with pytest.raises(DataError, match=match):
+        load_chat(ChatData(paths=[str(path)]), tok)
+
+
+def test_sft_trains_and_exports(corpus, tmp_path):
+    config = SFTConfig(
+        tokenizer=str(corpus / "tok"),
+        model={"preset": "debug"},
+        data={"paths": [str(corpus / "chat.jsonl")], "seq_len": 256},
+        steps=4,
+        batch_size=4,
+        micro_batch_size=2,
+        output_dir=str(tmp_path / "sft"),
+        progress=False,
+    )
+    result = sft(config)
+    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("loss", "tokens_per_s", "grad_norm", "max_logit", "clipped_heads", "expert_load", "lr"):
+        assert key in rows[0]
+    assert len(rows[0]["max_logit"]) == 3 and len(rows[0]["expert_load"]) == 2
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
+    assert summary["data"]["skipped_no_assistant"] == 1
+    model = K2ForCausalLM.from_pretrained(result.model_dir)
+    assert model.config.vocab_size == len(load_tokenizer(result.model_dir))
+
+
+# ------------------------------------------------------------------------------ training mechanics
+
+
+def test_resume_gives_the_same_losses(corpus, tmp_path):
+    straight = pretrain(_pretrain_config(corpus, tmp_path / "a"))
+
+    def crash_after_4(row):
+        if row["step"] == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_pretrain_config(corpus, tmp_path / "b"), on_step=crash_after_4)
+    assert len(_losses(tmp_path / "b" / "metrics.jsonl")) == 4  # step 4 ran but was not checkpointed
+    resumed = pretrain(_pretrain_config(corpus, tmp_path / "b"))
+    assert _losses(resumed.metrics_path) == _losses(straight.metrics_path)  # exactly equal, 6 rows
+
+
+def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
+    # Newton–Schulz in float32 here: in bf16, the ~1e-7 differences of another summation order can flip
+    # roundings of the bf16 input, which moves the loss by up to a few 1e-4 within a few steps.
+    opt = {"lr": 0.02, "adamw_lr": 3e-3, "ns_dtype": "float32"}
+    one = pretrain(_pretrain_config(corpus, tmp_path / "one", micro_batch_size=8, steps=3, optimizer=opt))
+    four = pretrain(_pretrain_config(corpus, tmp_path / "four", micro_batch_size=2, steps=3, optimizer=opt))
+    assert _losses(four.metrics_path) == pytest.approx(_losses(one.metrics_path), abs=1e-5)
+
+
+def test_bfloat16_autocast_trains(corpus, tmp_path):
+    result = pretrain(_pretrain_config(corpus, tmp_path / "bf16", dtype="bfloat16", steps=4))
+    losses = _losses(result.metrics_path)
+    assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    forward = K2ForCausalLM.forward
+    calls = {"n": 0}
+
+    def poisoned(self, input_ids, labels=None):
+        out = forward(self, input_ids, labels)
+        calls["n"] += 1
+        if calls["n"] > 8:  # 2 micro-batches per step: step 5 onwards
+            out.logits = out.logits * float("nan")
+        return out
+
+    monkeypatch.setattr(K2ForCausalLM, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"step 5: loss is nan.*checkpoint .* \(step 3\)"):
+        pretrain(_pretrain_config(corpus, tmp_path / "nan"))
+    state = json.loads((tmp_path / "nan" / "checkpoint" / "trainer.json").read_text())
+    assert state["step"] == 3 and _losses(tmp_path / "nan" / "metrics.jsonl")[2] == state["loss"]
+
+
+def test_bad_batch_split_is_a_config_error(corpus, tmp_path):
+    with pytest.raises(ValueError, match="multiple of micro_batch_size"):
+        _pretrain_config(corpus, tmp_path, batch_size=6, micro_batch_size=4)
