@@ -264,6 +264,42 @@ def tools_dedup(
         output.write_text(report.model_dump_json(indent=2))
 
 
+@tools_app.command("synth")
+def tools_synth(
+    model: Annotated[str, typer.Option(help="checkpoint dir (vLLM) or served model name (with --base-url)")],
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    ] = None,
+    categories: Annotated[
+        list[str] | None, typer.Option("--category", help="categories (default: all)")
+    ] = None,
+    per_category: Annotated[int, typer.Option(help="domains proposed per category")] = 2,
+    output: Annotated[
+        Path, typer.Option("--out", "-o", help="where accepted domains and drafts.jsonl go")
+    ] = Path("runs/toolsynth"),
+    workers: Annotated[int, typer.Option(help="Ray workers (each builds its own engine)")] = 1,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="run in this process")] = False,
+) -> None:
+    """LLM hierarchical tool synthesis: categories → domains → tool sets → validated domain YAML."""
+    from agentfactory.llm.config import EngineConfig, build_engine
+    from agentfactory.synth.toolsynth import ToolSynthConfig, synthesize_tools
+
+    engine_cfg = EngineConfig(kind="openai" if base_url else "vllm", model=model, base_url=base_url)
+    cfg = ToolSynthConfig(categories=categories, per_category=per_category)
+    drafts = synthesize_tools(
+        lambda: build_engine(engine_cfg), cfg, output, use_ray=not no_ray, workers=workers
+    )
+    table = Table("category", "domain", "stage", "accepted", "reason", title="Tool synthesis")
+    for d in drafts:
+        table.add_row(
+            d.category, d.name, d.stage, "[green]yes" if d.accepted else "[red]no", (d.reason or "")[:70]
+        )
+    out.print(table)
+    out.print(
+        f"{sum(d.accepted for d in drafts)} of {len(drafts)} drafts accepted; report: {output / 'drafts.jsonl'}"
+    )
+
+
 @tools_app.command("serve-mcp")
 def tools_serve_mcp(
     domain: Annotated[str, typer.Argument(help="a shipped domain name or a domain YAML file")],

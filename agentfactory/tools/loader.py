@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from agentfactory.config import ConfigError, Loc, Positions, SourceError, load_yaml, validate
+from agentfactory.config import ConfigError, Loc, Positions, SourceError, load_yaml, parse_yaml, validate
 from agentfactory.tools import expr as ex
 from agentfactory.tools.domain import CollectionGen, Domain, ListGen, ObjectGen, RefGen, TaskTemplate, ToolDef
 
@@ -293,7 +293,18 @@ def _known(scope: set[str]) -> str:
 
 def load_domain(path: str | Path, categories: dict[str, str] | None = None) -> Domain:
     """Load one domain YAML file; raises ConfigError listing every located problem."""
-    data, positions = load_yaml(path)
+    return _validate_domain(*load_yaml(path), categories)
+
+
+def load_domain_text(text: str, name: str = "<domain>", categories: dict[str, str] | None = None) -> Domain:
+    """The same checks on YAML text (e.g. a domain an LLM just wrote)."""
+    data, positions = parse_yaml(text, name)
+    if data is None:
+        raise ConfigError([positions.error((), "empty document; expected a YAML mapping")])
+    return _validate_domain(data, positions, categories)
+
+
+def _validate_domain(data: Any, positions: Positions, categories: dict[str, str] | None) -> Domain:
     if not isinstance(data, dict):
         raise ConfigError(
             [positions.error((), f"expected a mapping (name, category, tools, ...), got {_kind(data)}")]
