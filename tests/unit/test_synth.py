@@ -189,3 +189,108 @@ def test_resume_skips_finished_work_and_refuses_another_config(tmp_path):
     assert full["tasks"] == len(after)
     with pytest.raises(RunMismatch):
         run_synth(cfg.model_copy(update={"seed": 1}), tmp_path / "a", use_ray=False)
+
+
+def test_llm_judge_votes_by_majority_with_shuffled_criteria():
+    from agentfactory.records import LLMCriterion, RolloutStatus, Rubric, Task, Trajectory
+
+    from .fakes import ScriptedEngine
+
+    criteria = ["The agent is polite.", "The agent never mentions prices."]
+    orders = []
+
+    def reply(request):
+        text = request.messages[0].content
+        listed = [line for line in text.splitlines() if line[:2] in ("1.", "2.")]
+        orders.append(tuple(listed))
+        votes = {c: "YES" if "polite" in c else ("YES" if len(orders) % 3 == 0 else "NO") for c in listed}
+        return "\n".join(f"{line[0]}: {votes[line]}" for line in listed)
+
+    task = Task(
+        id="t", domain="d", user_goal="g", rubric=Rubric(checks=[LLMCriterion(criterion=c) for c in criteria])
+    )
+    traj = Trajectory(
+        task_id="t",
+        messages=[Message(role="user", content="hi"), Message(role="assistant", content="Hello!")],
+        status=RolloutStatus.completed,
+    )
+    verdict = Judge(JudgeConfig(votes=3, llm_threshold=1.0), ScriptedEngine(reply)).judge(
+        task, traj, {}, random.Random(3)
+    )
+    by = {c.detail.split("'")[1]: c for c in verdict.checks}
+    assert by[criteria[0]].passed and by[criteria[0]].score == 1.0
+    assert not by[criteria[1]].passed and by[criteria[1]].score == pytest.approx(1 / 3)  # 1 YES of 3 votes
+    assert not verdict.accepted and "llm_criterion failed" in verdict.reasons[0]
+    assert len(set(orders)) > 1  # the criteria were shown in different orders
+    garbage = Judge(JudgeConfig(), ScriptedEngine(lambda r: "I think it is fine")).judge(
+        task, traj, {}, random.Random(0)
+    )
+    assert not garbage.accepted and garbage.reasons == ["llm judge gave no parsable verdict"]
+
+
+def test_llm_user_stops_and_garbage_aborts():
+    from agentfactory.records import Task
+    from agentfactory.synth.users import LLMUser
+
+    from .fakes import ScriptedEngine
+
+    task = Task(id="t", domain="d", user_goal="Cancel W1.", user_facts={"email": "a@b.c"})
+    hist = [Message(role="user", content="Cancel W1."), Message(role="assistant", content="Your email?")]
+    seen = []
+    user = LLMUser(ScriptedEngine(lambda r: seen.append(r) or "It is a@b.c."))
+    turn = user.reply([(task, hist, random.Random(0))])[0]
+    assert turn.text == "It is a@b.c." and not turn.stop
+    flipped = seen[0].messages
+    assert flipped[0].role == "system" and "a@b.c" in flipped[0].content
+    assert [m.role for m in flipped[1:]] == [
+        "assistant",
+        "user",
+    ]  # the simulator sees the dialogue from the user's side
+    done = LLMUser(ScriptedEngine(lambda r: "Thanks! ###STOP###")).reply([(task, hist, random.Random(0))])[0]
+    assert done.stop and done.text.endswith("###STOP###")
+    empty = LLMUser(ScriptedEngine(lambda r: "   ")).reply([(task, hist, random.Random(0))])[0]
+    assert empty.stop and empty.error
+
+
+def test_policy_agent_garbage_becomes_error_records(tmp_path):
+    """A policy that emits malformed tool calls yields `error` episodes, rejected with reasons, no crash."""
+    from agentfactory.synth.agents import PolicyAgent
+    from agentfactory.synth.episode import EpisodeLimits, EpisodeState, run_episodes
+    from agentfactory.synth.users import ScriptedUser
+
+    from .fakes import ScriptedEngine
+
+    cfg = small(domains=["retail_orders"])
+    tasks = make_tasks(cfg, domain_paths(cfg))[:6]
+    domain = find_domain("retail_orders")
+    replies = iter(
+        [
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_order<|tool_call_argument_begin|>{oops",
+            "I am not sure.",
+            "<|tool_calls_section_begin|>",
+        ]
+        * 10
+    )
+    agent = PolicyAgent(ScriptedEngine(lambda r: next(replies)))
+    states = []
+    for t in tasks:
+        rng = random.Random(t.id)
+        spec = sample_agent(t, {"retail_orders": domain}, AgentSampling(), rng)
+        states.append(
+            EpisodeState(
+                task=t,
+                agent=spec,
+                tools=ToolExecutor([domain], t.meta["world_seed"], t.initial_state, ToolExecConfig(), rng),
+                rng=rng,
+                messages=[Message(role="system", content=spec.system_prompt)],
+            )
+        )
+    trajs = run_episodes(states, agent, ScriptedUser(), EpisodeLimits(max_turns=3))
+    statuses = Counter(t.status.value for t in trajs)
+    assert statuses["error"] >= 2
+    err = next(t for t in trajs if t.status.value == "error")
+    assert any("agent:" in e for e in err.meta["errors"])
+    verdicts = [
+        Judge().judge(s.task, t, s.tools.state, random.Random(0)) for s, t in zip(states, trajs, strict=True)
+    ]
+    assert not any(v.accepted for v in verdicts if v.reasons and v.reasons[0].startswith("status error"))
