@@ -93,14 +93,12 @@ class Judge:
             items, programmatic, llm, strict=True
         ):
             reasons = [f"{c.kind} failed: {c.detail}" for c in checks if not c.passed]
-            if self.config.require_completed and traj.status != RolloutStatus.completed:
+            status_ok = not self.config.require_completed or traj.status == RolloutStatus.completed
+            if not status_ok:
                 reasons.insert(
                     0, f"status {traj.status.value}: " + "; ".join(traj.meta.get("errors", [])[:2])
                 )
-            accepted = not reasons or (
-                score >= self.config.threshold and not [r for r in reasons if r.startswith("status")]
-            )
-            accepted = accepted and score >= self.config.threshold
+            accepted = status_ok and score >= self.config.threshold
             votes: list[float] = []
             if llm_result is not None:
                 llm_checks, votes = llm_result
