@@ -1,9 +1,12 @@
-"""K2 MoE model: config + presets, MLA attention, MoE, causal LM, HF DeepseekV3 checkpoints."""
+"""K2 MoE model: config + presets, MLA attention, MoE, causal LM, HF DeepseekV3 checkpoints.
+
+The torch-based names load on first use (PEP 562), so `import agentfactory.model.chat` (used by
+the engines and synthesis workers) and `K2Config` do not import torch.
+"""
+
+import importlib
 
 from agentfactory.model.config import K2Config, YaRNConfig
-from agentfactory.model.info import describe
-from agentfactory.model.model import K2ForCausalLM, K2Output, count_params
-from agentfactory.model.moe import update_router_bias
 
 __all__ = [
     "K2Config",
@@ -43,3 +46,18 @@ __all__ += [
     "render_continuation",
     "train_tokenizer",
 ]
+
+
+_LAZY = {
+    "K2ForCausalLM": "agentfactory.model.model",
+    "K2Output": "agentfactory.model.model",
+    "count_params": "agentfactory.model.model",
+    "describe": "agentfactory.model.info",
+    "update_router_bias": "agentfactory.model.moe",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
