@@ -9,6 +9,9 @@ matmuls run several times faster). Prints a table with the ratios (goal ≥ 2×)
 bench/results/model_step.json.
 
     python bench/model_step.py [--batch 4] [--seq 256] [--repeats 5] [--precision float32 autocast-bf16]
+
+On a machine shared with other work use `--threads 1`: with 2 intra-op threads and one core busy
+elsewhere, every op waits on the descheduled thread and steps get ~10× slower and erratic.
 """
 
 from __future__ import annotations
