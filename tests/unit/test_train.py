@@ -91,6 +91,7 @@ def _pretrain_config(corpus, out, **kw) -> PretrainConfig:
         checkpoint_every=3,
         progress=False,
         save_model=False,
+        threads=1,  # two intra-op threads crawl on a shared 2-core machine
     )
     return PretrainConfig(**{**base, **kw})
 
@@ -181,6 +182,7 @@ def test_sft_trains_and_exports(corpus, tmp_path):
         micro_batch_size=2,
         output_dir=str(tmp_path / "sft"),
         progress=False,
+        threads=1,
     )
     result = sft(config)
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
