@@ -13,6 +13,7 @@ from agentfactory.llm.config import EngineConfig
 from agentfactory.synth.agents import AgentSampling
 from agentfactory.synth.episode import EpisodeLimits
 from agentfactory.synth.judge import JudgeConfig
+from agentfactory.synth.llmtasks import LLMTaskConfig
 from agentfactory.synth.toolexec import ToolExecConfig
 
 
@@ -61,6 +62,9 @@ class SynthConfig(StrictModel):
     worlds: int = Field(20, ge=1, description="world seeds per domain: world_start .. world_start+worlds-1")
     templates: list[str] | None = Field(None, description="only these task template ids")
     max_tasks: int | None = Field(None, ge=1)
+    llm_tasks: LLMTaskConfig | None = Field(
+        None, description="also ask an LLM for tasks grounded in each world"
+    )
     agents: AgentSampling = Field(default_factory=AgentSampling)
     agent: AgentRole = Field(default_factory=AgentRole)
     user: UserRole = Field(default_factory=UserRole)

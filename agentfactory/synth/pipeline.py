@@ -42,18 +42,43 @@ def domain_paths(config: SynthConfig) -> dict[str, str]:
     return {n: files[n] for n in names}
 
 
-def make_tasks(config: SynthConfig, paths: dict[str, str]) -> list[Task]:
-    """Every template over every world, deduplicated (same goal, rubric and world), in a seeded order."""
+def make_tasks(config: SynthConfig, paths: dict[str, str], llm_cache: Path | None = None) -> list[Task]:
+    """Every template over every world (plus LLM-written tasks if configured), deduplicated (same
+    goal, rubric and world), in a seeded order.
+
+    LLM tasks are generated once and kept in `llm_cache` (with the rejected drafts next to it), so a
+    resumed run works on exactly the same tasks.
+    """
     tasks, seen = [], set()
+    engine = None
+    llm_tasks: dict[tuple[str, int], list[Task]] = {}
+    if config.llm_tasks is not None and llm_cache is not None and llm_cache.exists():
+        for line in llm_cache.read_text().splitlines():
+            t = Task.model_validate_json(line)
+            llm_tasks.setdefault((t.domain, t.meta["world_seed"]), []).append(t)
+    elif config.llm_tasks is not None:
+        from agentfactory.llm.config import build_engine
+
+        engine = build_engine(config.llm_tasks.engine)
+    rejected: list[dict] = []
     for path in paths.values():
         domain = load_domain(path)
         for seed in range(config.world_start, config.world_start + config.worlds):
             state = generate_world(domain, seed)
             world = state_hash(state)
-            for template in domain.tasks:
-                if config.templates and template.id not in config.templates:
-                    continue
-                task = instantiate(domain, template, seed, state)
+            candidates = [
+                instantiate(domain, t, seed, state)
+                for t in domain.tasks
+                if not config.templates or t.id in config.templates
+            ]
+            if engine is not None:
+                from agentfactory.synth.llmtasks import generate_llm_tasks
+
+                kept, dropped = generate_llm_tasks(engine, domain, state, seed, config.llm_tasks)
+                llm_tasks[(domain.name, seed)] = kept
+                rejected += dropped
+            candidates += llm_tasks.get((domain.name, seed), [])
+            for task in candidates:
                 if task is None:
                     continue
                 key = hashlib.sha256(
@@ -64,6 +89,13 @@ def make_tasks(config: SynthConfig, paths: dict[str, str]) -> list[Task]:
                 if key not in seen:
                     seen.add(key)
                     tasks.append(task)
+    if engine is not None:
+        engine.close()
+        if llm_cache is not None:
+            llm_cache.write_text("".join(t.model_dump_json() + "\n" for ts in llm_tasks.values() for t in ts))
+            llm_cache.with_name("llm_tasks_rejected.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rejected)
+            )
     random.Random(config.seed).shuffle(tasks)
     return tasks[: config.max_tasks] if config.max_tasks else tasks
 
@@ -123,7 +155,7 @@ def run_synth(
     paths = domain_paths(config)
     store = ShardStore(out_dir, config.fingerprint(), config.shard_size)
     store.write_manifest({"status": "running"})
-    tasks = make_tasks(config, paths)
+    tasks = make_tasks(config, paths, store.dir / "llm_tasks.jsonl")
     by_id = {t.id: t for t in tasks}
     accepted, rejected = store.progress()
     queue = deque(

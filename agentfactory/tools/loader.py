@@ -64,6 +64,34 @@ def _schema_errors(data: Any, positions: Positions) -> list[SourceError]:
     return out
 
 
+def schema_at(schema: dict, template: str) -> tuple[Any, str | None]:
+    """The state-schema node a pointer (template) points at: ({} if the schema is open there, None),
+    or (None, why it does not resolve)."""
+    node: Any = schema
+    walked = ""
+    for seg in template.lstrip("/").split("/"):
+        if not isinstance(node, dict) or not node or "$ref" in node:
+            return {}, None  # an open schema: nothing to check against
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        if seg in props:
+            node = props[seg]
+        elif isinstance(extra, dict):
+            node = extra
+        elif "items" in node and (seg.isdigit() or seg == "-" or ex.template_vars(seg)):
+            node = node["items"]
+        elif ex.template_vars(seg) or not (props or extra is False):
+            node = {}
+        else:
+            known = ", ".join(sorted(props)) or "nothing"
+            return None, (
+                f"pointer {template!r} does not resolve: the state schema has no '{seg}' "
+                f"at '{walked or '/'}' (it has: {known})"
+            )
+        walked += "/" + seg
+    return node, None
+
+
 class _Checker:
     """Semantic rules over a validated Domain; collects located errors."""
 
@@ -88,30 +116,9 @@ class _Checker:
         for var in ex.template_vars(template):
             if var not in scope:
                 self.err(loc, f"pointer {template!r} uses unknown variable '{var}' (known: {_known(scope)})")
-        node: Any = self.state_schema
-        walked = ""
-        for seg in template.lstrip("/").split("/"):
-            if not isinstance(node, dict) or not node or "$ref" in node:
-                return {}  # an open schema: nothing to check against
-            props = node.get("properties", {})
-            extra = node.get("additionalProperties")
-            if seg in props:
-                node = props[seg]
-            elif isinstance(extra, dict):
-                node = extra
-            elif "items" in node and (seg.isdigit() or seg == "-" or ex.template_vars(seg)):
-                node = node["items"]
-            elif ex.template_vars(seg) or not (props or extra is False):
-                node = {}
-            else:
-                known = ", ".join(sorted(props)) or "nothing"
-                self.err(
-                    loc,
-                    f"pointer {template!r} does not resolve: the state schema has no '{seg}' "
-                    f"at '{walked or '/'}' (it has: {known})",
-                )
-                return None
-            walked += "/" + seg
+        node, problem = schema_at(self.state_schema, template)
+        if problem:
+            self.err(loc, problem)
         return node
 
     # -- expressions and templates ------------------------------------------------------------

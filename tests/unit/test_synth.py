@@ -294,3 +294,37 @@ def test_policy_agent_garbage_becomes_error_records(tmp_path):
         Judge().judge(s.task, t, s.tools.state, random.Random(0)) for s, t in zip(states, trajs, strict=True)
     ]
     assert not any(v.accepted for v in verdicts if v.reasons and v.reasons[0].startswith("status error"))
+
+
+def test_llm_tasks_are_kept_only_when_grounded_and_solvable():
+    from agentfactory.llm.config import EngineConfig
+    from agentfactory.synth.llmtasks import LLMTaskConfig, generate_llm_tasks
+    from agentfactory.tools.world import generate_world
+
+    from .fakes import ScriptedEngine
+
+    domain = find_domain("retail_orders")
+    state = generate_world(domain, 4)
+    order = sorted(k for k, o in state["orders"].items() if o["status"] == "pending")[0]
+    good = {
+        "kind": "single_call", "user_goal": f"Cancel order {order}, ordered by mistake.",
+        "blueprint": [{"tool": "cancel_order", "args": {"order_id": order, "reason": "ordered by mistake"}}],
+        "answer_facts": ["cancelled"],
+        "rubric": {"final_state": {f"/orders/{order}/status": "cancelled"}, "must_call": ["cancel_order"], "answer_contains": ["cancelled"]},
+    }
+    replies = iter([
+        json.dumps(good),
+        json.dumps({**good, "rubric": {"must_call": ["refund_order"]}}),  # no such tool
+        json.dumps({**good, "rubric": {"final_state": {f"/orders/{order}/price": 1}}}),  # no such path
+        json.dumps({**good, "answer_facts": ["done"]}),  # the blueprint answer misses "cancelled"
+        "Sure, here is a task: cancel something.",
+    ])
+    cfg = LLMTaskConfig(engine=EngineConfig(model="unused"), per_world=5)
+    kept, rejected = generate_llm_tasks(ScriptedEngine(lambda r: next(replies)), domain, state, 4, cfg)
+    assert [t.id for t in kept] == ["retail_orders.llm0.w4"]
+    assert kept[0].rubric.checks[0].path == f"/orders/{order}/status"
+    reasons = [r["reason"] for r in rejected]
+    assert "unknown tools ['refund_order']" in reasons[0]
+    assert "has no 'price'" in reasons[1]
+    assert "blueprint fails the rubric" in reasons[2]
+    assert reasons[3].startswith("unusable reply")
