@@ -59,8 +59,12 @@ class Completion(StrictModel):
     tool_calls: list[ToolCall] = Field(default_factory=list)
     parse_error: str | None = Field(None, description="why the tool-call section could not be parsed")
     prompt_tokens: int = 0
+    completion_tokens: int = 0
     policy_version: int = 0
-    error: str | None = Field(None, description="set when finish_reason is 'error'")
+    error: str | None = Field(
+        None, description="why the request failed ('error') or could not run (an over-long prompt: 'length')"
+    )
+    cached: bool = Field(False, description="served from a response cache, not generated now")
 
     def as_message(self) -> Message:
         """The assistant turn this completion stands for."""
