@@ -1,5 +1,44 @@
-"""Inference engines: the `Engine` protocol and its implementations (vLLM in-process, OpenAI-compatible)."""
+"""Inference engines: the `Engine` protocol and its implementations (vLLM in-process, OpenAI-compatible),
+a sqlite response cache, and token-in-token-out multi-turn conversations.
+
+`VLLMEngine` and `OpenAIEngine` are resolved lazily (and import vllm / openai only when built), so
+`import agentfactory.llm` stays light.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from agentfactory.llm.base import Completion, Engine, FinishReason, GenerationRequest, SamplingParams, chat
+from agentfactory.llm.cache import CachedEngine, ResponseCache
+from agentfactory.llm.conversation import Conversation, generate_turns
 
-__all__ = ["Completion", "Engine", "FinishReason", "GenerationRequest", "SamplingParams", "chat"]
+if TYPE_CHECKING:
+    from agentfactory.llm.openai_engine import OpenAIEngine
+    from agentfactory.llm.vllm_engine import VLLMEngine
+
+__all__ = [
+    "CachedEngine",
+    "Completion",
+    "Conversation",
+    "Engine",
+    "FinishReason",
+    "GenerationRequest",
+    "OpenAIEngine",
+    "ResponseCache",
+    "SamplingParams",
+    "VLLMEngine",
+    "chat",
+    "generate_turns",
+]
+
+_LAZY = {
+    "VLLMEngine": "agentfactory.llm.vllm_engine",
+    "OpenAIEngine": "agentfactory.llm.openai_engine",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
