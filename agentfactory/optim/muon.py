@@ -213,7 +213,7 @@ def _gather_ns_scatter(params: list[Tensor], updates: list[Tensor], ns: dict) ->
         if rank == owner:
             full = torch.cat(bufs)[: p.shape[0]]
             o = zeropower_via_newtonschulz(full, **ns)
-            pieces = list(padded(o, c * world).split(c))
+            pieces = [piece.contiguous() for piece in padded(o, c * world).split(c)]  # NS may return .mT
         recv = u.new_empty(c, p.shape[1], dtype=ns["dtype"])
         src = dist.get_global_rank(group, owner)
         works.append(dist.scatter(recv, pieces, src=src, group=group, async_op=True))

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from agentfactory.config import ConfigError, load_config
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainingDiverged, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"done: {result.steps} steps, final loss {result.final_loss}, outputs in {result.output_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: {result.steps} steps, final loss {result.final_loss}, outputs in {result.output_dir}")
     return 0
 
 

@@ -93,7 +93,7 @@ def full_state(model: nn.Module, optimizers: tuple[torch.optim.Optimizer, ...]) 
     sharded = any(hasattr(p, "device_mesh") for p in model.parameters())
     options = StateDictOptions(full_state_dict=True, cpu_offload=sharded)
     model_sd = get_model_state_dict(model, options=options)
-    optim_sd = get_optimizer_state_dict(model, optimizers, options=options)
+    optim_sd = get_optimizer_state_dict(model, optimizers, options=options) if optimizers else {}
     return model_sd, optim_sd
 
 
