@@ -131,14 +131,24 @@ class _Pool:
         return self.actors[i].run.remote(batch) if self.use_ray else self.actors[i].run(batch)
 
     def replace(self, i: int) -> None:
+        """After actor i died: on a cluster retire its slot (its node may be gone; the survivors take
+        the work), unless none survive; locally start a fresh actor."""
+        survivors = sum(a is not None for j, a in enumerate(self.actors) if j != i)
+        if self.use_ray and self.config.ray_address and survivors:
+            self.actors[i] = None
+            return
         self.actors[i] = self._new()
+
+    def live(self) -> list[int]:
+        return [i for i, a in enumerate(self.actors) if a is not None]
 
     def close(self) -> None:
         if self.use_ray:
             import ray
 
             for a in self.actors:
-                ray.kill(a)
+                if a is not None:
+                    ray.kill(a)
             if self._started_ray:
                 ray.shutdown()
         else:
@@ -176,7 +186,7 @@ def run_synth(
             p_eps = bar.add_task("episodes", total=len(tasks) * config.attempts, completed=counts["episodes"])
             p_acc = bar.add_task("accepted", total=len(tasks), completed=counts["accepted"])
             while queue or inflight:
-                for i in range(len(pool.actors)):
+                for i in pool.live():
                     while queue and load[i] < capacity:
                         batch = [queue.popleft() for _ in range(min(config.batch_size, len(queue)))]
                         inflight[pool.submit(i, batch) if use_ray else object()] = (i, batch)

@@ -1,0 +1,216 @@
+"""MuonClip vs AdamW on k2-mini: optimizer step time, training step time and tokens/s; QK-Clip curves.
+
+1. Optimizer step alone: Muon (bf16 Newton–Schulz on every hidden matrix) + AdamW (embeddings, head,
+   norms) + QK-Clip with every head clipped (its worst case), vs one AdamW over all parameters.
+2. Whole training step (forward + backward + optimizer) on one batch, in float32 and in bfloat16
+   autocast: MuonClip with max-logit tracking vs plain AdamW without; the ratio is what training
+   actually pays (goal ≤ 1.3×), and tokens/s is k2-mini's training speed on this machine.
+   Measurements alternate between the two optimizers (warm-up, then the median of --repeats), so
+   background load hits both alike.
+3. The MuonClip demo (agentfactory.train.clip_demo): a high-lr run with and without QK-Clip; the
+   curves go to bench/results/qk_clip_curve.{json,png} for the report.
+
+    python bench/optimizer_step.py [--batch 8] [--seq 256] [--repeats 5] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _plot_curve(curve: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_logit, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+    tau = curve["muonclip"]["tau"]
+    for run in curve.values():
+        label = "Muon (no clip)" if run["tau"] is None else f"MuonClip (τ = {tau:g})"
+        ax_logit.plot(run["max_logit"], label=label)
+        ax_loss.plot(run["loss"], label=label)
+    ax_logit.axhline(tau, color="gray", linestyle="--", linewidth=1, label="τ")
+    ax_logit.set(xlabel="step", ylabel="max attention logit (all heads)", yscale="log")
+    ax_loss.set(xlabel="step", ylabel="training loss")
+    ax_logit.legend()
+    ax_loss.legend()
+    fig.suptitle(f"QK-Clip at a high learning rate (lr = {curve['muonclip']['lr']:g})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="k2-mini")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--threads", type=int, default=0, help="0 = torch's default for this machine")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--curve-steps", type=int, default=100)
+    p.add_argument("--curve-tau", type=float, default=20.0)
+    p.add_argument("--curve-lr", type=float, default=0.1)
+    args = p.parse_args()
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from agentfactory.model import K2Config, K2ForCausalLM, count_params
+    from agentfactory.optim import OptimizerConfig, build_optimizer
+    from agentfactory.train.clip_demo import qk_clip_curve
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    console = Console()
+    config = K2Config.preset(args.preset)
+    tau = 100.0
+    models, opts = {}, {}
+    for kind in ("muonclip", "adamw"):
+        torch.manual_seed(0)
+        models[kind] = K2ForCausalLM(config)
+        if kind == "muonclip":
+            opts[kind] = build_optimizer(
+                models[kind], OptimizerConfig(lr=0.02, adamw_lr=3e-3, qk_clip_tau=tau)
+            )
+        else:
+            opts[kind] = torch.optim.AdamW(
+                models[kind].parameters(), lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95)
+            )
+    models["muonclip"].set_track_max_logits(True)
+    n_layers, n_heads = config.num_hidden_layers, config.num_attention_heads
+    all_clipped = [torch.full((n_heads,), 2 * tau) for _ in range(n_layers)]  # QK-Clip's worst case
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=gen)
+
+    def opt_step(kind: str) -> float:
+        t0 = time.perf_counter()
+        if kind == "muonclip":
+            opts[kind].step(all_clipped)
+        else:
+            opts[kind].step()
+        return time.perf_counter() - t0
+
+    def train_step(kind: str, dtype: str) -> float:
+        model, opt = models[kind], opts[kind]
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()  # MuonClip: Muon + AdamW, then QK-Clip from the logits this forward recorded
+        opt.zero_grad(set_to_none=True)
+        model.update_router_bias()
+        return time.perf_counter() - t0
+
+    t_start = time.perf_counter()
+    for kind in models:  # gradients to step on
+        models[kind](ids, labels=ids).loss.backward()
+    measures = [("optimizer_step", opt_step)]
+    for dtype in ("float32", "bfloat16"):
+        measures.append((f"train_step_{dtype}", lambda kind, dtype=dtype: train_step(kind, dtype)))
+    timings: dict[str, dict[str, list[float]]] = {what: {} for what, _ in measures}
+    for what, fn in measures:
+        times = timings[what]
+        for kind in models:
+            times[kind] = []
+        for i in range(args.warmup + args.repeats):
+            for kind in models:  # alternate, so background load hits both alike
+                dt = fn(kind)
+                if i >= args.warmup:
+                    times[kind].append(dt)
+    median = {w: {k: statistics.median(ts) for k, ts in t.items()} for w, t in timings.items()}
+    ratio = {w: m["muonclip"] / m["adamw"] for w, m in median.items()}
+    tokens = args.batch * args.seq
+    tokens_per_s = {
+        dtype: {k: tokens / s for k, s in median[f"train_step_{dtype}"].items()}
+        for dtype in ("float32", "bfloat16")
+    }
+    bench_s = time.perf_counter() - t_start
+
+    torch.set_num_threads(1)  # the demo's tiny matmuls run fastest (and most reproducibly) on one thread
+    curve = qk_clip_curve(args.curve_tau, lr=args.curve_lr, steps=args.curve_steps)
+    torch.set_num_threads(threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "qk_clip_curve.json").write_text(json.dumps(curve) + "\n")
+    _plot_curve(curve, RESULTS / "qk_clip_curve.png")
+
+    total, active = count_params(config)
+    table = Table(
+        title=f"{args.preset}, batch {args.batch}×{args.seq}, {threads} threads (median of {args.repeats})"
+    )
+    for col in ("", "MuonClip", "AdamW", "ratio"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        "optimizer step",
+        f"{median['optimizer_step']['muonclip'] * 1e3:,.0f} ms",
+        f"{median['optimizer_step']['adamw'] * 1e3:,.0f} ms",
+        f"{ratio['optimizer_step']:.2f}×",
+    )
+    for dtype in ("float32", "bfloat16"):
+        what = f"train_step_{dtype}"
+        table.add_row(
+            f"train step, {dtype} (fwd+bwd+opt)",
+            f"{median[what]['muonclip'] * 1e3:,.0f} ms",
+            f"{median[what]['adamw'] * 1e3:,.0f} ms",
+            f"{ratio[what]:.2f}×",
+        )
+        table.add_row(
+            f"training tokens/s, {dtype}",
+            f"{tokens_per_s[dtype]['muonclip']:,.0f}",
+            f"{tokens_per_s[dtype]['adamw']:,.0f}",
+            "",
+        )
+    console.print(table)
+    worst = max(ratio["train_step_float32"], ratio["train_step_bfloat16"])
+    ok = worst <= 1.3
+    console.print(
+        f"[bold]MuonClip/AdamW training step: {ratio['train_step_float32']:.2f}× float32, "
+        f"{ratio['train_step_bfloat16']:.2f}× bfloat16 (goal ≤ 1.3×: {'met' if ok else 'NOT met'})[/bold]; "
+        f"optimizer step alone {ratio['optimizer_step']:.1f}× (Newton–Schulz dominates it)"
+    )
+    m, c = curve["muon"], curve["muonclip"]
+    console.print(
+        f"QK-Clip demo (lr {args.curve_lr:g}, τ {args.curve_tau:g}, {args.curve_steps} steps): max logit "
+        f"{max(m['max_logit']):.1f} without clip vs {max(c['max_logit']):.1f} with; final-10 mean loss "
+        f"{statistics.mean(m['loss'][-10:]):.3f} vs {statistics.mean(c['loss'][-10:]):.3f}"
+    )
+    out = {
+        "preset": args.preset,
+        "batch": args.batch,
+        "seq": args.seq,
+        "threads": threads,
+        "params_total": total,
+        "params_active": active,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "median_s": median,
+        "all_s": timings,
+        "ratio": ratio,
+        "goal_train_step_ratio": 1.3,
+        "goal_met": ok,
+        "training_tokens_per_s": tokens_per_s,
+        "timing_seconds": bench_s,
+        "qk_clip_curve": {
+            "file": "qk_clip_curve.json",
+            "max_logit_no_clip": max(m["max_logit"]),
+            "max_logit_clip": max(c["max_logit"]),
+            "tau": args.curve_tau,
+        },
+    }
+    (RESULTS / "optimizer_step.json").write_text(json.dumps(out, indent=2) + "\n")
+    console.print(f"wrote {RESULTS / 'optimizer_step.json'}, qk_clip_curve.json, qk_clip_curve.png")
+
+
+if __name__ == "__main__":
+    main()
