@@ -71,8 +71,12 @@ def shard_model(model: nn.Module, d: Dist) -> nn.Module:
 
 
 def all_reduce_(t: torch.Tensor, d: Dist, op: str = "sum") -> torch.Tensor:
+    """In place over all ranks (a CPU tensor travels via the device: NCCL reduces only CUDA tensors)."""
     if d.enabled:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        work = t if t.device == d.device else t.to(d.device)
+        dist.all_reduce(work, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        if work is not t:
+            t.copy_(work)
     return t
 
 

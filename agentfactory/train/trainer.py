@@ -120,9 +120,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def resume(self) -> bool:
-        found = find_checkpoint(self.out / "checkpoint") if self.config.resume else None
+        """Load output_dir/checkpoint if resuming and it exists; else start afresh (old metrics dropped)."""
+        path = self.out / "checkpoint"
+        if self.d.is_main and self.config.resume:
+            find_checkpoint(path)  # may recover a checkpoint left half-swapped by a crash
         dist_utils.barrier(self.d)
+        found = path if self.config.resume and (path / "trainer.json").exists() else None
         if found is None:
+            if self.d.is_main:
+                self.metrics_path.unlink(missing_ok=True)
             return False
         model_sd, optim_sd, state = load_checkpoint(found)
         if state.data_fingerprint != self.state.data_fingerprint:

@@ -138,6 +138,33 @@ def test_sft_labels_only_on_assistant_tokens(corpus):
     assert '"status"' not in target_text  # the tool result is context
 
 
+def test_sft_reads_the_synthesis_export(corpus, tmp_path):
+    # The synth stage's HF dataset rows (all message keys present, None where unset; tools as a JSON
+    # string), from save_to_disk and from parquet, encode exactly like the plain OpenAI jsonl rows.
+    from datasets import Dataset
+
+    from agentfactory.records import Trajectory
+    from agentfactory.synth.export import to_row
+
+    lines = (corpus / "chat.jsonl").read_text().splitlines()
+    convs = [json.loads(line) for line in lines if "tools" in json.loads(line)][:6]
+    rows = [
+        to_row(Trajectory.from_openai(c["id"], c["messages"], json.loads(c["tools"]), meta={"id": c["id"]}))
+        for c in convs
+    ]
+    ds = Dataset.from_list(rows)
+    ds.save_to_disk(str(tmp_path / "hf"))
+    ds.to_parquet(str(tmp_path / "data.parquet"))
+    (tmp_path / "plain.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
+    tok = load_tokenizer(corpus / "tok")
+    plain = load_chat(ChatData(paths=[str(tmp_path / "plain.jsonl")]), tok)
+    for path in ("hf", "data.parquet"):
+        exported = load_chat(ChatData(paths=[str(tmp_path / path)]), tok)
+        assert exported.stats.used == 6
+        assert [t.tolist() for t in exported.ids] == [t.tolist() for t in plain.ids]
+        assert [t.tolist() for t in exported.labels] == [t.tolist() for t in plain.labels]
+
+
 @pytest.mark.parametrize(
     ("row", "match"),
     [
