@@ -58,7 +58,9 @@ class JudgeRole(JudgeConfig):
 
 class SynthConfig(StrictModel):
     domains: list[str] | None = Field(None, description="domain names (default: every shipped domain)")
-    world_start: int = Field(0, ge=0, description="first world seed")
+    world_start: int = Field(
+        100, ge=0, description="first world seed (0..99 are kept for held-out evaluation)"
+    )
     worlds: int = Field(20, ge=1, description="world seeds per domain: world_start .. world_start+worlds-1")
     templates: list[str] | None = Field(None, description="only these task template ids")
     max_tasks: int | None = Field(None, ge=1)

@@ -1,0 +1,29 @@
+"""Held-out evaluation: the oracle scores 100%, a useless policy ~0%, worlds never overlap training."""
+
+from agentfactory.eval import EvalConfig, evaluate, evaluate_oracle, heldout_tasks
+from agentfactory.synth.agents import PolicyAgent
+from agentfactory.synth.config import SynthConfig
+
+from .fakes import ScriptedEngine
+
+CFG = EvalConfig(domains=["retail_orders", "bank_accounts"], worlds=2)
+
+
+def test_oracle_is_the_ceiling():
+    summary = evaluate_oracle(CFG)
+    assert summary["tasks"] > 10 and summary["success_rate"] == 1.0
+    assert set(summary["by_domain"]) == {"retail_orders", "bank_accounts"}
+    assert {"single_call", "refusal"} <= set(summary["by_kind"])
+
+
+def test_a_useless_policy_fails_and_reasons_are_counted():
+    summary = evaluate(PolicyAgent(ScriptedEngine(lambda r: "I cannot help with that.")), CFG)
+    assert summary["success_rate"] < 0.3  # only tasks whose right answer is to do nothing could pass
+    assert summary["failure_reasons"]
+
+
+def test_heldout_worlds_do_not_overlap_synthesis():
+    train = SynthConfig()
+    held = {t.meta["world_seed"] for t in heldout_tasks(EvalConfig(worlds=5))}
+    assert held.isdisjoint(range(train.world_start, train.world_start + train.worlds))
+    assert max(held) < 100 <= train.world_start
