@@ -89,7 +89,7 @@ def summarize(results: list) -> dict[str, Any]:
     by_domain: dict[str, Counter] = {}
     by_kind: dict[str, Counter] = {}
     reasons: Counter = Counter()
-    for task, traj, verdict in results:
+    for task, _traj, verdict in results:
         for table, key in ((by_domain, task.domain), (by_kind, task.kind)):
             c = table.setdefault(key, Counter())
             c["tasks"] += 1
