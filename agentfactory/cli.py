@@ -45,6 +45,10 @@ data_app = typer.Typer(
 )
 app.add_typer(synth_app, name="synth")
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(
+    help="Pretrain or SFT a K2 model with MuonClip (exact resume, metrics.jsonl).", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
 app.add_typer(model_app, name="model")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(domains_app, name="domains")
@@ -373,7 +377,14 @@ def tokenizer_train(
     if missing:
         err.print(f"no such corpus file: {', '.join(missing)}", markup=False)
         raise typer.Exit(1)
-    tok = train_tokenizer(iter_corpus(corpus), vocab_size, output, min_frequency=min_frequency)
+    try:
+        tok = train_tokenizer(iter_corpus(corpus), vocab_size, output, min_frequency=min_frequency)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError) as e:
+        err.print(
+            f"cannot read the corpus: {e} (expected .txt, .jsonl, .parquet or a saved dataset dir)",
+            markup=False,
+        )
+        raise typer.Exit(1) from None
     out.print(f"wrote {output} ({len(tok)} tokens)", highlight=False)
 
 
@@ -474,6 +485,48 @@ def data_stats(
     out.print(table)
     for key in ("task_kinds", "assistant_turns", "tool_calls", "rejection_reasons"):
         out.print(f"{key.replace('_', ' ')}: {stats[key]}", highlight=False)
+
+
+def _train(kind: str, config: Path, overrides: list[str] | None) -> None:
+    from agentfactory.train import DataError, PretrainConfig, SFTConfig, TrainingDiverged, pretrain, sft
+
+    cls, fn = (PretrainConfig, pretrain) if kind == "pretrain" else (SFTConfig, sft)
+    try:
+        cfg = load_config(config, cls, overrides or [])
+    except ConfigError as e:
+        _fail(e)
+    try:
+        result = fn(cfg)
+    except (DataError, TrainingDiverged, ValueError, FileNotFoundError) as e:
+        err.print(f"{kind} failed: {e}", markup=False)
+        raise typer.Exit(1) from None
+    loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+    out.print(
+        f"{kind}: {result.steps} steps, final loss {loss}, {result.tokens_per_s:.0f} tokens/s; model in {result.model_dir}",
+        highlight=False,
+    )
+
+
+@train_app.command("pretrain")
+def train_pretrain(
+    config: Annotated[
+        Path, typer.Argument(help="YAML of a PretrainConfig (model, tokenizer, data, optimizer, ...)")
+    ],
+    overrides: Overrides = None,
+) -> None:
+    """Pretrain on packed text; resumes from <output_dir>/checkpoint; NaN loss stops with the last good checkpoint."""
+    _train("pretrain", config, overrides)
+
+
+@train_app.command("sft")
+def train_sft(
+    config: Annotated[
+        Path, typer.Argument(help="YAML of an SFTConfig (chat data: jsonl/parquet/HF dataset)")
+    ],
+    overrides: Overrides = None,
+) -> None:
+    """Supervised fine-tuning on chat data (loss on assistant turns, tool calls included)."""
+    _train("sft", config, overrides)
 
 
 @config_app.command("show")

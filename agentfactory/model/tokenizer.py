@@ -130,11 +130,32 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return tok
 
 
+def _record_text(record: dict) -> str | None:
+    if record.get("messages"):
+        messages = [{k: v for k, v in m.items() if v is not None} for m in record["messages"]]
+        tools = record.get("tools")
+        return render(messages, json.loads(tools) if isinstance(tools, str) else tools)
+    return record["text"] if isinstance(record.get("text"), str) else None
+
+
 def iter_corpus(paths: Iterable[str | Path]) -> Iterator[str]:
-    """Training texts from files: `.jsonl` records with `messages` (+ `tools`) are rendered in the chat
-    format, so merges also cover the format's own text (`functions.`, `## Return of`, JSON punctuation);
-    records with `text` give that text; any other file gives its non-empty lines."""
+    """Training texts from files: `.jsonl` / `.parquet` records (or a `datasets.save_to_disk` dir)
+    with `messages` (+ `tools`, a list or a JSON string) are rendered in the chat format, so merges
+    also cover the format's own text (`functions.`, `## Return of`, JSON punctuation); records with
+    `text` give that text; any other file gives its non-empty lines."""
     for path in map(Path, paths):
+        if path.suffix == ".parquet" or path.is_dir():
+            import datasets
+
+            ds = (
+                datasets.Dataset.from_parquet(str(path))
+                if path.suffix == ".parquet"
+                else datasets.load_from_disk(str(path))
+            )
+            for record in ds:
+                if (text := _record_text(record)) is not None:
+                    yield text
+            continue
         with path.open(encoding="utf-8") as f:
             for line in f:
                 if not line.strip():
@@ -142,8 +163,5 @@ def iter_corpus(paths: Iterable[str | Path]) -> Iterator[str]:
                 if path.suffix != ".jsonl":
                     yield line
                     continue
-                record = json.loads(line)
-                if "messages" in record:
-                    yield render(record["messages"], record.get("tools"))
-                elif isinstance(record.get("text"), str):
-                    yield record["text"]
+                if (text := _record_text(json.loads(line))) is not None:
+                    yield text

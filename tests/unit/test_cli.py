@@ -102,3 +102,10 @@ def test_tokenizer_train(tmp_path):
         ).exit_code
         == 1
     )
+
+
+def test_train_sft_cli_reports_bad_config(tmp_path):
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text("model: {preset: debug}\ntokenizer: /nonexistent\ndata: {paths: [x.jsonl]}\nstepz: 3\n")
+    r = runner.invoke(app, ["train", "sft", str(cfg)])
+    assert r.exit_code == 1 and "unknown key 'stepz'" in r.stderr
