@@ -84,6 +84,39 @@ def _native_rope(compilation_config: dict[str, Any] | None) -> dict[str, Any]:
     return cc
 
 
+def serve_command(
+    model_path: str | Path,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    served_model_name: str | None = None,
+    dtype: str = "float32",
+    max_model_len: int = 4096,
+    kv_cache_memory_bytes: int | None = None,
+    enforce_eager: bool = False,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """argv for `vllm serve` on a K2 checkpoint: the Kimi K2 tool parser (so OpenAI clients get
+    structured `tool_calls`) and, on CPU, the same native-RoPE setting VLLMEngine uses."""
+    import sys
+
+    check_model_dir(model_path)
+    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_path)]
+    argv += ["--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len)]
+    argv += ["--enable-auto-tool-choice", "--tool-call-parser", "kimi_k2"]
+    if served_model_name:
+        argv += ["--served-model-name", served_model_name]
+    if kv_cache_memory_bytes is not None:
+        argv += ["--kv-cache-memory-bytes", str(kv_cache_memory_bytes)]
+    if enforce_eager:
+        argv.append("--enforce-eager")
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        argv += ["--compilation-config", json.dumps(_native_rope(None))]
+    return argv + list(extra_args)
+
+
 class VLLMEngine:
     """`Engine` over an in-process `vllm.LLM` serving a HF-format checkpoint dir (weights + tokenizer)."""
 
@@ -121,6 +154,7 @@ class VLLMEngine:
         self.policy_version = 0
         self.sleeping = False
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(IM_END)
+        self.vocab_size = max(len(self.tokenizer), int(self.config.get("vocab_size", 0)))
 
         import vllm
         from vllm.platforms import current_platform
@@ -182,6 +216,10 @@ class VLLMEngine:
                 ids = self.prompt_ids(req)
                 if not ids:
                     raise ValueError("empty prompt")
+                if min(ids) < 0 or max(ids) >= self.vocab_size:
+                    raise ValueError(
+                        f"token id {max(ids) if max(ids) >= 0 else min(ids)} is out of vocabulary"
+                    )
                 if len(ids) >= self.max_model_len:
                     error = f"prompt of {len(ids)} tokens leaves no room in the {self.max_model_len}-token context"
                     results[i] = self._failed(req, "length", error, len(ids))
