@@ -113,8 +113,8 @@ class _Pool:
                 kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
                 if config.ray_address:
                     kwargs["address"] = config.ray_address
-                else:
-                    kwargs["num_cpus"] = max(config.workers, os.cpu_count() or 1)
+                else:  # a fresh local instance, even if another Ray runs on this machine
+                    kwargs.update(address="local", num_cpus=max(config.workers, os.cpu_count() or 1))
                 ray.init(**kwargs)
                 self._started_ray = True
             self._actor_cls = ray.remote(num_cpus=1, max_restarts=0)(EpisodeWorker)

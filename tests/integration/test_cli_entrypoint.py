@@ -27,8 +27,20 @@ def test_bad_domains_exit_1_with_one_line_per_error_and_no_traceback():
 
 def test_run_quickstart_and_resolved_config(tmp_path):
     root = Path(__file__).parents[2]
-    r = run("run", str(root / "pipelines/quickstart.yaml"), "--set", f"output_dir={tmp_path}", cwd=root)
+    r = run(
+        "run",
+        str(root / "pipelines/quickstart.yaml"),
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        "synth.worlds=1",
+        "--set",
+        "synth.domains=[retail_orders,smart_home]",
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
     assert "retail_orders" in r.stdout
+    summary = json.loads((tmp_path / "quickstart" / "summary.json").read_text())
+    assert summary["synth"]["accepted"] > 5 and summary["synth"]["rows"] == summary["synth"]["accepted"]
     cfg = json.loads((tmp_path / "quickstart" / "config.json").read_text())
     assert cfg["output_dir"] == str(tmp_path)
