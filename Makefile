@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	# PyPI's torchvision/torchaudio break `transformers` imports next to the CPU torch.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-	@if ! command -v bwrap >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; fi
+	@# bubblewrap: the code sandbox; chromium: the report rendering test (Debian packages, root only)
+	@if [ "$$(id -u)" = 0 ] && ! { command -v bwrap && command -v chromium; } >/dev/null; then \
+	  apt-get update -qq && apt-get install -y -qq bubblewrap chromium >/dev/null; fi
 	@rm -f $(VENV)/.installed-*; touch $@
 
 demo: install

@@ -28,6 +28,12 @@ class DomainsStage(StrictModel):
     include: list[str] | None = Field(None, description="only these domain names (default: all)")
 
 
+class ReportStage(StrictModel):
+    """The HTML report of the run (built from the files the stages wrote)."""
+
+    tau: float | None = Field(None, description="QK-Clip threshold drawn on the max-logit plot")
+
+
 class PipelineConfig(StrictModel):
     name: str = Field(
         pattern=r"^[A-Za-z0-9_.\-]+$", description="run name; outputs go to <output_dir>/<name>"
@@ -38,6 +44,7 @@ class PipelineConfig(StrictModel):
     synth: SynthConfig | None = Field(
         None, description="agentic data synthesis (then export to a HF dataset)"
     )
+    report: ReportStage | None = ReportStage()
 
     @property
     def run_dir(self) -> Path:
@@ -94,8 +101,15 @@ def run_pipeline(config: PipelineConfig, console: Console | None = None) -> dict
         results["domains"] = run_domains(config.domains, run_dir, console)
         results["domains"]["seconds"] = round(time.perf_counter() - t0, 3)
     if config.synth is not None:
+        t0 = time.perf_counter()
         results["synth"] = run_synth_stage(config, console)
+        results["synth"]["seconds"] = round(time.perf_counter() - t0, 3)
     (run_dir / "summary.json").write_text(json.dumps(results, indent=2))
+    if config.report is not None:
+        from agentfactory.report import build_report
+
+        path = build_report(run_dir, tau=config.report.tau, title=config.name)
+        console.print(f"report: {path}")
     return results
 
 
@@ -105,7 +119,7 @@ def run_synth_stage(
     """Synthesize into <run>/synth (resuming what is there), then export <run>/synth/dataset."""
     import shutil
 
-    from agentfactory.synth.export import export_dataset
+    from agentfactory.synth.export import export_dataset, write_examples
     from agentfactory.synth.pipeline import run_synth
     from agentfactory.synth.store import ShardStore
 
@@ -115,5 +129,6 @@ def run_synth_stage(
     summary = run_synth(config.synth, out, console, use_ray=use_ray)
     store = ShardStore(out, config.synth.fingerprint())
     exported = export_dataset(store.records(), out / "dataset")
+    write_examples(store.records(), out / "examples.html")
     console.print(f"dataset: {exported['rows']} rows in {exported['path']}")
     return {**summary, "dataset": exported["path"], "rows": exported["rows"]}

@@ -190,3 +190,21 @@ def export_dataset(records: Iterable[Trajectory], out_dir: str | Path) -> dict[s
     write_card(stats, plots, accepted[:2] + rejected[:2], out, dropped)
     (out / "stats.json").write_text(json.dumps({**stats, "duplicates_dropped": dropped}, indent=2))
     return {**stats, "rows": len(rows), "duplicates_dropped": dropped, "path": str(out)}
+
+
+def write_examples(records: Iterable[Trajectory], path: Path, per_kind: int = 2) -> Path:
+    """An HTML fragment with a few accepted and rejected trajectories (for the run report)."""
+    accepted, rejected = [], []
+    for rec in records:
+        bucket = accepted if rec.judge and rec.judge.accepted else rejected
+        if len(bucket) < per_kind:
+            bucket.append(rec)
+        if len(accepted) >= per_kind and len(rejected) >= per_kind:
+            break
+    parts = [
+        f"<h3>{label}</h3>" + "".join(f"<p><b>{r.meta.get('id')}</b></p>{trajectory_html(r)}" for r in recs)
+        for label, recs in (("accepted", accepted), ("rejected", rejected))
+        if recs
+    ]
+    path.write_text("\n".join(parts))
+    return path
