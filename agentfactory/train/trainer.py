@@ -190,7 +190,9 @@ class Trainer:
         )
         n_targets = dist_utils.all_reduce_(counts, d).item()
         ce_total = torch.zeros((), dtype=torch.float64)
-        for ids, labels in batches:
+        for j, (ids, labels) in enumerate(batches):
+            if d.enabled:  # FSDP2: reduce-scatter the gradients once, after the last micro-batch
+                self.model.set_requires_gradient_sync(j == len(batches) - 1)
             ids, labels = ids.to(d.device), labels.to(d.device)
             with self.autocast:
                 out = self.model(ids)

@@ -67,8 +67,13 @@ def _train(root: Path, out: str, procs: int, *overrides: str) -> list[dict]:
     return [json.loads(line) for line in (root / out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one(setup_dir):
-    one = _train(setup_dir, "one", 1)
+@pytest.fixture(scope="module")
+def one(setup_dir) -> list[dict]:
+    """The 1-process reference run (plain model, no FSDP)."""
+    return _train(setup_dir, "one", 1)
+
+
+def test_two_processes_match_one(setup_dir, one):
     two = _train(setup_dir, "two", 2)
     assert [r["step"] for r in two] == [1, 2, 3, 4, 5]
     for a, b in zip(one, two, strict=True):
@@ -78,6 +83,12 @@ def test_two_processes_match_one(setup_dir):
     assert sum(len(h) for r in two for h in r["clipped_heads"]) > 0  # QK-Clip ran on sharded weights
     model = K2ForCausalLM.from_pretrained(setup_dir / "two" / "model")  # rank 0 exported the full model
     assert model.config.vocab_size > 0
+
+
+def test_two_processes_with_gradient_accumulation_match_one(setup_dir, one):
+    two = _train(setup_dir, "two_acc", 2, "micro_batch_size=2")  # 2 micro-batches per rank and step
+    for a, b in zip(one, two, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-4, (a["step"], a["loss"], b["loss"])
 
 
 def test_bf16_newton_schulz_two_processes_stay_close(setup_dir):
@@ -90,8 +101,7 @@ def test_bf16_newton_schulz_two_processes_stay_close(setup_dir):
         assert abs(a["loss"] - b["loss"]) < 3e-3, (a["step"], a["loss"], b["loss"])
 
 
-def test_two_process_checkpoint_resumes_in_one_process(setup_dir):
-    one = _train(setup_dir, "one_ref", 1)
+def test_two_process_checkpoint_resumes_in_one_process(setup_dir, one):
     _train(setup_dir, "handoff", 2, "steps=3", "save_model=false")  # full state dicts, written by rank 0
     resumed = _train(setup_dir, "handoff", 1, "steps=5", "save_model=false")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
