@@ -46,3 +46,64 @@ class ScriptedEngine:
     def wake_up(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class ToyTokenEngine:
+    """A deterministic token-in-token-out engine for partial-rollout bookkeeping tests.
+
+    The next token is a pure function of the whole context, so continuing from `prompt + generated`
+    gives exactly what one uninterrupted generation gives (as greedy decoding with fixed weights does).
+    A prompt `[L, P, ...]` of length P stops after L generated tokens with `stop_id` (`toy_prompt`
+    builds one). The logprob of each token is `-(version + 1) / 10`, so a test can see which policy
+    version sampled it.
+    """
+
+    name = "toy"
+
+    def __init__(self, stop_id: int = 1, vocab: int = 97):
+        self.stop_id = stop_id
+        self.vocab = vocab
+        self.policy_version = 0
+        self.requests: list = []
+
+    def _next(self, ctx: list[int]) -> int:
+        if len(ctx) - ctx[1] >= ctx[0]:
+            return self.stop_id
+        return 2 + (ctx[-1] * 31 + len(ctx) * 17 + ctx[2]) % (self.vocab - 2)
+
+    def generate(self, requests):
+        out = []
+        for r in requests:
+            self.requests.append(r)
+            ctx = list(r.prompt_ids)
+            ids = []
+            reason = "length"
+            for _ in range(r.params.max_tokens):
+                tok = self._next(ctx)
+                ids.append(tok)
+                ctx.append(tok)
+                if tok == self.stop_id:
+                    reason = "stop"
+                    break
+            lp = [-(self.policy_version + 1) / 10] * len(ids)
+            text = " ".join(f"t{t}" for t in ids)
+            comp = Completion(
+                request_id=r.id, text=text, content=text, token_ids=ids, logprobs=lp,
+                finish_reason=reason, policy_version=self.policy_version, completion_tokens=len(ids),
+            )  # fmt: skip
+            out.append([comp] * r.params.n)
+        return out
+
+    def update_weights(self, weights, version: int) -> None:
+        self.policy_version = version
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def toy_prompt(length: int, salt: int, size: int = 4) -> list[int]:
+    """A ToyTokenEngine prompt whose response is `length` tokens plus the stop token."""
+    return [length, size, salt, *range(size - 3)]
