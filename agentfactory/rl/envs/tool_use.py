@@ -110,7 +110,7 @@ class ToolUseEnv:
             raise ValueError(
                 f"no tasks in domains {sorted(self.domains)} over worlds {self.config.world_seeds}"
             )
-        self._by_id = {t.id: t for t in self.tasks}
+        self.tasks_by_id = {t.id: t for t in self.tasks}
         self._agents: dict[str, AgentSpec] = {}
 
     def reset(self, seed: int) -> EnvTask:
@@ -147,7 +147,7 @@ class ToolUseEnv:
         openings: dict[str, str] = {}
         states: list[EpisodeState] = []
         for et in tasks:
-            task, spec = self._by_id[str(et.answer)], self._spec(et)
+            task, spec = self.tasks_by_id[str(et.answer)], self._spec(et)
             openings[task.id] = et.prompt[-1].content or ""
             for i in range(n):
                 rng = random.Random(f"{et.id}:{et.meta.get('seed')}:{i}:{engine.policy_version}")
@@ -182,7 +182,7 @@ class ToolUseEnv:
         return out
 
     def verify(self, task: EnvTask, trajectory: Trajectory) -> dict[str, Any]:
-        rubric_task = self._by_id[str(task.answer)]
+        rubric_task = self.tasks_by_id[str(task.answer)]
         state = trajectory.meta.get("final_state", rubric_task.initial_state)
         value, results, _ = score_rubric(
             rubric_task.rubric, trajectory.tool_calls, trajectory.final_answer, state
