@@ -4,8 +4,9 @@ Untrusted Python runs as `python3 -I -B` inside `bwrap` (Debian's bubblewrap) wi
 unshared, so the code sees:
 - **no network**: `--unshare-net` leaves only a loopback device with nothing listening;
 - **a read-only root** holding only `/usr` (and the `/bin`, `/lib*` links into it): no `/home`,
-  `/root`, `/etc` or project files exist in the sandbox, so host secrets cannot be read;
-- **one writable work dir** `/work`: a size-limited tmpfs (plus a small `/tmp` tmpfs) that vanishes
+  `/root`, `/etc` or project files exist in the sandbox, so host secrets cannot be read; bwrap
+  itself starts with a clean environment (its pid-1 environ is readable inside);
+- **one writable work dir** `/work`: a size-limited tmpfs (plus small `/tmp`, `/dev/shm`) that vanishes
   with the sandbox; the inputs are bound into it read-only, so nothing reaches the host disk except
   the captured stdout/stderr, which are files capped by `RLIMIT_FSIZE`;
 - **limits** set by `prlimit` on the sandboxed process tree: address space (memory), CPU seconds
@@ -36,6 +37,7 @@ from pydantic import Field
 
 from agentfactory.config import StrictModel
 
+_CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 SandboxStatus = Literal["ok", "error", "timeout", "cpu_limit", "killed", "sandbox_error"]
 
 
@@ -86,10 +88,10 @@ def _bwrap_args(cfg: SandboxConfig, inputs: Path) -> list[str]:
             args += ["--ro-bind", str(host), f"/{name}"]
     for path in cfg.extra_ro_binds:
         args += ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(mb), "--tmpfs", "/dev/shm"]
     args += ["--size", str(cfg.tmp_mb * mb), "--tmpfs", "/tmp"]
     args += ["--size", str(cfg.work_mb * mb), "--tmpfs", "/work"]
-    args += ["--ro-bind", str(inputs), "/work/input", "--chdir", "/work"]
+    args += ["--ro-bind", str(inputs), "/work/input", "--remount-ro", "/", "--chdir", "/work"]
     args += ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work"]
     args += ["--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--setenv", "PYTHONHASHSEED", "0"]
     return args
@@ -171,8 +173,11 @@ def run_in_sandbox(
         out_path, err_path = host / "stdout", host / "stderr"
         timed_out = False
         with out_path.open("wb") as out, err_path.open("wb") as err:
+            # A clean environment for bwrap itself: its init process (pid 1 in the sandbox) keeps the
+            # environment it was started with, readable in /proc/1/environ, so host variables
+            # (tokens, keys) must never reach it.
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True
+                cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True, env=_CLEAN_ENV
             )
             try:
                 proc.communicate(stdin.encode(), timeout=cfg.wall_seconds)
