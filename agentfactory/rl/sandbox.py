@@ -126,6 +126,8 @@ def _classify(rc: int, timed_out: bool, stderr: str) -> tuple[SandboxStatus, str
         return "timeout", "wall-clock limit reached; process group killed"
     if rc == 0:
         return "ok", ""
+    if stderr.startswith(("bwrap:", "setpriv:", "prlimit:")):  # the sandbox could not be set up
+        return "sandbox_error", stderr.strip().splitlines()[0]
     sig = rc - 128 if rc > 128 else -rc if rc < 0 else 0
     if sig == signal.SIGXCPU:
         return "cpu_limit", "CPU-time limit reached (SIGXCPU)"
@@ -135,8 +137,6 @@ def _classify(rc: int, timed_out: bool, stderr: str) -> tuple[SandboxStatus, str
         return "error", "file-size limit reached (SIGXFSZ)"
     if sig:
         return "error", f"terminated by signal {signal.Signals(sig).name}"
-    if rc != 1 and stderr.startswith("bwrap:"):
-        return "sandbox_error", stderr.strip().splitlines()[0]
     if "MemoryError" in stderr:
         return "error", "memory limit reached (MemoryError)"
     return "error", f"exit status {rc}"

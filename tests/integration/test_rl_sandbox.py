@@ -256,3 +256,10 @@ def test_hostile_code_env_solutions_score_zero_and_are_reported(attack):
     reward = env.score(task, traj)
     assert reward.components["correct"] == 0.0 and reward.total <= 0.0
     assert reward.components["pass_rate"] < 1.0
+
+
+def test_a_sandbox_that_cannot_start_is_reported_as_such():
+    result = run("print(1)", config=FAST.model_copy(update={"python": "/usr/bin/no-such-python"}))
+    assert result.status == "sandbox_error" and "no-such-python" in result.detail
+    missing = run_in_sandbox({"../x": ""}, ["x"])
+    assert missing.status == "sandbox_error" and "bad input file name" in missing.detail

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from agentfactory.config import ConfigError
+from agentfactory.llm.base import Completion
 from agentfactory.records import Message, Trajectory
 from agentfactory.rl.critic import (
     RUBRICS_DIR,
@@ -185,3 +186,16 @@ def test_rubric_env_scores_a_group_by_win_rate_with_penalties():
     assert rewards[2].components["format_error"] == 1.0 and rewards[2].total == pytest.approx(-0.1)
     lone = env.score(task, traj("alone"))
     assert lone.components["win_rate"] == 0.5
+
+
+def test_a_failed_critic_request_is_an_abstention(task):
+    class Failing(ScriptedEngine):
+        def generate(self, requests):
+            return [
+                [Completion(request_id=r.id, finish_reason="error", error="engine down")] for r in requests
+            ]
+
+    rewards, judgments = Critic(Failing(lambda r: "")).rewards(task, [traj("a"), traj("b")])
+    assert {j.reason for j in judgments} == {"engine error: engine down"}
+    assert [r.components["win_rate"] for r in rewards] == [0.5, 0.5]
+    assert rewards[0].components["critic_abstain_rate"] == 1.0

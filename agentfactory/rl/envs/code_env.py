@@ -3,15 +3,17 @@
 The reply's last fenced code block (or the whole reply if it has none but defines the function) is
 the solution. It runs with the hidden tests inside `rl.sandbox` (no network, read-only root, a
 tmpfs work dir, CPU/memory/process/time limits), through a small runner that executes each
-`assert` separately with a per-test alarm (stopping at the first timeout) and reports one JSON
-line. The line is prefixed with a
-nonce the runner reads from stdin before the solution is loaded, so a solution that merely prints
-a result line is not believed (a guard against accidents, not a defense against a solution that
-inspects its caller's frames: the sandbox limits what such code can reach, not what it reports).
+`assert` separately under a per-test alarm (stopping at the first timeout: a hung solution hangs
+every test) and reports one JSON line. The line is prefixed with a nonce the runner reads from
+stdin before the solution is loaded, so a solution that merely prints a result line is not
+believed (a guard against accidents, not a defense against a solution that inspects its caller's
+frames: the sandbox limits what such code can reach, not what it reports). The inputs are mounted
+read-only, so a solution cannot rewrite the hidden tests.
 
 Reward: `correct` = all tests pass (weight 1), `pass_rate` = share passed (a metric unless weighted),
 plus the shared format and token-budget penalties. Sandbox outcomes other than a report (timeout,
-CPU limit, killed) score 0 and are counted by the `sandbox_failed` metric.
+CPU limit, killed) score 0 and are counted by the `sandbox_failed` metric. Building a CodeEnv on a
+machine without bubblewrap is an error: silently scoring every answer 0 would waste a run.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from agentfactory.records import Message, RewardBreakdown, Trajectory
 from agentfactory.rl.envs.base import EnvTask, SingleTurnEnv
 from agentfactory.rl.envs.code_problems import PROBLEMS, CodeProblem
 from agentfactory.rl.rewards import DEFAULT_REWARDS, Sample, reward
-from agentfactory.rl.sandbox import SandboxConfig, SandboxResult, run_in_sandbox
+from agentfactory.rl.sandbox import SandboxConfig, SandboxResult, bwrap_available, run_in_sandbox
 
 RUNNER = r"""
 import contextlib, io, json, signal, sys
@@ -142,6 +144,8 @@ class CodeEnv(SingleTurnEnv):
     rewards = (*DEFAULT_REWARDS, pass_rate, sandbox_failed)
 
     def __init__(self, config: CodeEnvConfig | None = None, problems: Sequence[CodeProblem] = PROBLEMS):
+        if not bwrap_available():
+            raise RuntimeError("CodeEnv needs bubblewrap and prlimit (apt-get install bubblewrap util-linux)")
         self.config = config or CodeEnvConfig()
         super().__init__(self.config.weights)
         self.problems = {p.name: p for p in problems}

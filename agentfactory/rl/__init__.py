@@ -1,0 +1,77 @@
+"""RL post-training (DESIGN §9): envs, reward functions, the self-critique critic, the K1.5 loss and
+the partial-rollout buffer. The colocated train/rollout loop builds on these.
+
+`loss` needs torch and is resolved lazily, so `import agentfactory.rl` stays light.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from agentfactory.rl.buffer import PartialRolloutBuffer, PartialRolloutConfig, Rollout, StepResult
+from agentfactory.rl.critic import (
+    Critic,
+    CriticConfig,
+    CriticRubric,
+    RubricSet,
+    load_rubrics,
+    validate_rubrics,
+)
+from agentfactory.rl.envs import (
+    CodeEnv,
+    Env,
+    EnvMixture,
+    EnvTask,
+    MathEnv,
+    ReasoningGymEnv,
+    RubricEnv,
+    ToolUseEnv,
+)
+from agentfactory.rl.rewards import RewardFn, Sample, TokenBudget, reward, score
+from agentfactory.rl.sandbox import SandboxConfig, SandboxResult, run_in_sandbox
+
+if TYPE_CHECKING:
+    from agentfactory.rl.loss import LossConfig, TemperatureSchedule, k1p5_loss, ptx_loss
+
+__all__ = [
+    "CodeEnv",
+    "Critic",
+    "CriticConfig",
+    "CriticRubric",
+    "Env",
+    "EnvMixture",
+    "EnvTask",
+    "LossConfig",
+    "MathEnv",
+    "PartialRolloutBuffer",
+    "PartialRolloutConfig",
+    "ReasoningGymEnv",
+    "RewardFn",
+    "Rollout",
+    "RubricEnv",
+    "RubricSet",
+    "Sample",
+    "SandboxConfig",
+    "SandboxResult",
+    "StepResult",
+    "TemperatureSchedule",
+    "TokenBudget",
+    "ToolUseEnv",
+    "k1p5_loss",
+    "load_rubrics",
+    "ptx_loss",
+    "reward",
+    "run_in_sandbox",
+    "score",
+    "validate_rubrics",
+]
+
+_LAZY = {
+    name: "agentfactory.rl.loss" for name in ("LossConfig", "TemperatureSchedule", "k1p5_loss", "ptx_loss")
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
