@@ -55,7 +55,10 @@ def setup(device: str = "auto") -> Dist:
 
 def teardown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        try:  # no rank closes its connections while another still talks (gloo aborts on a reset peer)
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def shard_model(model: nn.Module, d: Dist) -> nn.Module:

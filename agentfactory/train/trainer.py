@@ -235,6 +235,7 @@ class Trainer:
         return {
             "step": step,
             "loss": loss_value,
+            "epoch": self.state.samples_seen / len(self.dataset),
             "lr": c.optimizer.lr * mult,
             "grad_norm": grad_norm,
             "tokens": tokens,
@@ -248,10 +249,10 @@ class Trainer:
         }
 
     def _diverged(self, step: int, what: str) -> None:
-        found = find_checkpoint(self.out / "checkpoint")
+        info = self.out / "checkpoint" / "trainer.json"
         last = (
-            f"the last good checkpoint is {found} (step {json.loads((found / 'trainer.json').read_text())['step']})"
-            if found
+            f"the last good checkpoint is {info.parent} (step {json.loads(info.read_text())['step']})"
+            if info.exists()
             else "no checkpoint was written yet"
         )
         raise TrainingDiverged(f"step {step}: {what}; training stopped before applying the update, {last}")

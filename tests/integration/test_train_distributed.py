@@ -46,6 +46,14 @@ threads: 1
     return root
 
 
+def _why(r: subprocess.CompletedProcess) -> str:
+    """The lines that explain a failed launch (a rank's traceback or abort), then the output's tail."""
+    text = r.stdout + r.stderr
+    keys = ("Error", "error:", "terminate", "what()", "Exception", "Traceback")
+    hits = [line for line in text.splitlines() if any(k in line for k in keys) and "error_file" not in line]
+    return "\n".join(hits[:40]) + "\n---\n" + text[-3000:]
+
+
 def _train(root: Path, out: str, procs: int, *overrides: str) -> list[dict]:
     args = [
         "-m",
@@ -63,7 +71,7 @@ def _train(root: Path, out: str, procs: int, *overrides: str) -> list[dict]:
         cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(procs), *args]  # a free port
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, _why(r)
     return [json.loads(line) for line in (root / out / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -107,3 +115,53 @@ def test_two_process_checkpoint_resumes_in_one_process(setup_dir, one):
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
     for a, b in zip(one[3:], resumed[3:], strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-4, (a["step"], a["loss"], b["loss"])
+
+
+MUON_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from agentfactory.optim import Muon, qk_clip_row_scales, scale_rows_
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+shapes = [(81, 64), (64, 81), (7, 5), (1, 33), (3, 16, 24), (1, 8, 8), (2, 9, 4)]  # uneven and empty shards
+torch.manual_seed(0)
+ref = nn.ParameterList([nn.Parameter(torch.randn(s) * 0.02) for s in shapes])
+sharded = nn.ParameterList([nn.Parameter(p.detach().clone()) for p in ref])
+fully_shard(sharded, mesh=init_device_mesh("cpu", (dist.get_world_size(),)))
+opt_ref, opt = Muon(list(ref), lr=0.02, ns_dtype="float32"), Muon(list(sharded), lr=0.02, ns_dtype="float32")
+for step in range(3):
+    grads = [torch.randn(s) for s in shapes]
+    for p, q, g in zip(ref, sharded, grads):
+        p.grad = g
+        q.grad = torch.distributed.tensor.distribute_tensor(g, q.device_mesh, q.placements)
+    opt_ref.step()
+    opt.step()
+worst = max((q.full_tensor() - p).abs().max().item() for p, q in zip(ref, sharded))
+rows, _, _ = qk_clip_row_scales(torch.tensor([50.0, 200.0, 80.0]), 100.0, 13, 7, 5)  # 3 heads x 20 rows
+w_ref = torch.randn(60, 8)
+w = torch.distributed.tensor.distribute_tensor(w_ref.clone(), sharded[0].device_mesh, sharded[0].placements)
+scale_rows_(w_ref, rows)
+scale_rows_(w, rows)
+clip_err = (w.full_tensor() - w_ref).abs().max().item()
+if rank == 0:
+    print(f"MAXDIFF {worst:.3e} CLIPDIFF {clip_err:.3e}")
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("procs", [2, 3])
+def test_sharded_muon_and_qk_clip_match_unsharded_on_uneven_shapes(tmp_path, procs):
+    script = tmp_path / "muon_sharded.py"
+    script.write_text(MUON_SCRIPT)
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(procs), str(script)]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert r.returncode == 0, _why(r)
+    line = next(line for line in r.stdout.splitlines() if line.startswith("MAXDIFF"))
+    _, diff, _, clip = line.split()
+    assert float(diff) < 1e-6 and float(clip) == 0.0, line
