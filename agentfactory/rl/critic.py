@@ -32,10 +32,12 @@ from pydantic import Field, field_validator, model_validator
 from agentfactory.config import ConfigError, SourceError, StrictModel, load_config
 from agentfactory.llm.base import Engine, GenerationRequest, SamplingParams
 from agentfactory.records import Message, RewardBreakdown, Trajectory
+from agentfactory.synth.judge import transcript
 
 RUBRICS_DIR = Path(os.environ.get("AGENTFACTORY_RUBRICS", Path(__file__).resolve().parents[2] / "rubrics"))
 PROMPT = Path(__file__).with_name("critic_prompt.txt").read_text(encoding="utf-8")
-_VERDICT = re.compile(r"verdict\s*[:：]?\s*\**\s*\[*\s*(A|B|tie)\b", re.IGNORECASE)
+# "Verdict" and "tie" in any case, A/B in capitals only (so "the verdict a priori..." is no verdict).
+_VERDICT = re.compile(r"(?i:verdict)\s*[:：]?\s*\**\s*\[*\s*(A|B|(?i:tie))\b")
 
 
 class RubricExample(StrictModel):
@@ -159,7 +161,7 @@ class Judgment(StrictModel):
 
 def parse_verdict(text: str) -> Literal["A", "B", "tie"] | None:
     """The last `Verdict: A|B|tie` in the critic's reply (also `[[A]]`); None when there is none."""
-    found = _VERDICT.findall(text) or re.findall(r"\[\[\s*(A|B|tie)\s*\]\]", text, re.IGNORECASE)
+    found = _VERDICT.findall(text) or re.findall(r"\[\[\s*(A|B|(?i:tie))\s*\]\]", text)
     if not found:
         return None
     v = found[-1]
@@ -211,8 +213,6 @@ class Critic:
     def prompt(
         self, conversation: Sequence[Message], a: str, b: str, extra: Sequence[CriticRubric] = ()
     ) -> list[Message]:
-        from agentfactory.synth.judge import transcript
-
         n = self.config.max_response_chars
         text = PROMPT.format(
             rubrics=self.rubric_text(extra),

@@ -85,7 +85,8 @@ def test_malformed_critic_output_is_a_recorded_abstention_not_a_crash(task):
 
 def test_parse_verdict_forms():
     assert parse_verdict("blah\nVerdict: A") == "A"
-    assert parse_verdict("verdict: b") == "B"
+    assert parse_verdict("VERDICT: B") == "B"
+    assert parse_verdict("The verdict a priori is unclear.") is None
     assert parse_verdict("Verdict: **Tie**") == "tie"
     assert parse_verdict("Verdict: A ... on reflection Verdict: B") == "B"
     assert parse_verdict("[[A]]") == "A"

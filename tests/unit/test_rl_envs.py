@@ -19,6 +19,7 @@ from agentfactory.rl.envs import (
     ReasoningGymConfig,
     ReasoningGymEnv,
     ToolUseEnv,
+    check_answer,
     extract_code,
     generate_problem,
 )
@@ -219,3 +220,17 @@ def test_env_mixture_samples_by_weight_reproducibly_and_routes_scoring(tool_env)
     assert len(mix.score_group(batch[0], groups[0])) == 2
     with pytest.raises(ValueError, match="unknown envs"):
         EnvMixture([math], {"maths": 1.0})
+
+
+def test_math_answers_that_would_hang_sympy_are_refused_even_off_the_main_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    replies = [
+        "\\boxed{9^{9^{9^{9}}}}",
+        "\\boxed{10^{100000}}",
+        "\\boxed{2**99999}",
+        "2^{2^{3}} = 256, so \\boxed{3}",
+    ]
+    with ThreadPoolExecutor(1) as pool:  # math-verify has no timeout here (SIGALRM is main-thread only)
+        got = list(pool.map(lambda r: check_answer("3", r, timeout=2), replies))
+    assert got == [(False, True), (False, True), (False, True), (True, True)]

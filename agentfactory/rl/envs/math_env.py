@@ -10,12 +10,16 @@ LaTeX strings (`-\\frac{3}{2}`), so math-verify compares them symbolically: `\\b
 The policy is asked to put its final answer in `\\boxed{}`; a response without it loses the format
 reward but is still checked (math-verify also extracts unanchored answers), so correctness and
 form are separate components. `validate()` checks that every gold answer scores 1.0.
+math-verify's timeouts use SIGALRM (main thread only); off the main thread, answers that would make
+sympy evaluate for minutes (power towers, huge exponents) are refused before parsing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
+import re
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -93,17 +97,33 @@ def generate_problem(family: Family, rng: random.Random, difficulty: int = 1) ->
     raise ValueError(f"unknown math family {family!r}")
 
 
-def _parse(text: str, timeout: int | None) -> list:
+# A power tower or a huge exponent makes sympy evaluate for minutes. math-verify's own timeout uses
+# SIGALRM, which exists only on the main thread, so answers like these are refused up front instead.
+_EXPLOSIVE = re.compile(r"\^\s*\{?[^{}]*\^|\^\s*\{?\s*\d{4,}|\*\*\s*\(?[^()]*\*\*|\*\*\s*\d{4,}")
+
+
+def _answer_part(text: str) -> str:
+    """From the last `\\boxed` on (what math-verify extracts first), else the whole text."""
+    at = text.rfind("\\boxed")
+    return text[at:] if at >= 0 else text
+
+
+def _parse(text: str, timeout: int) -> list:
     from math_verify import parse  # imported here: sympy/antlr cost ~0.3 s
 
-    main = threading.current_thread() is threading.main_thread()  # its timeout uses SIGALRM
+    main = threading.current_thread() is threading.main_thread()
+    if not main:
+        logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled", per call
     return parse(text, parsing_timeout=timeout if main else None)
 
 
 def check_answer(gold: str, response: str, timeout: int = 5) -> tuple[bool, bool]:
-    """(correct, extracted): math-verify's symbolic comparison of `response` to the LaTeX `gold`."""
+    """(correct, extracted): math-verify's symbolic comparison of `response` to the LaTeX `gold`.
+    An answer with a power tower or a 4+ digit exponent is refused (wrong) before sympy sees it."""
     from math_verify import verify
 
+    if _EXPLOSIVE.search(_answer_part(response)):
+        return False, True
     pred = _parse(response, timeout)
     if not pred:
         return False, False
