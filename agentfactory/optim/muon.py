@@ -7,7 +7,7 @@ Update, per matrix W (A×B) with gradient G (K2 §2.1, https://arxiv.org/abs/250
 "Muon is Scalable for LLM Training", https://arxiv.org/abs/2502.16982):
     M ← μ·M + (1−μ)·G                      (momentum, μ = 0.95, kept as a lerp like torch.optim.Muon)
     U ← (1−μ)·G + μ·M  (Nesterov) or M
-    O ← NS₅(U)                              (≈ U·(UᵀU)^(-1/2): every singular value pushed to ~[0.7, 1.2])
+    O ← NS₅(U)                              (≈ U·(UᵀU)^(-1/2): singular values pushed into ~[0.7, 1.2])
     W ← W·(1 − lr·λ) − lr·0.2·√max(A, B)·O  (decoupled weight decay; 0.2·√max(A,B) matches AdamW's RMS)
 which is exactly `torch.optim.Muon(..., adjust_lr_fn="match_rms_adamw")` for 2-D weights. Stacked expert
 weights (E, A, B) are E independent matrices, orthogonalized in one batched call.
@@ -40,7 +40,9 @@ def zeropower_via_newtonschulz(
     """Approximately orthogonalize G (A, B) or a batch G (E, A, B); returns the same shape in `dtype`.
 
     Runs in bfloat16 as K2 does: the iteration is self-correcting, so bf16 rounding only jitters the
-    singular values inside the band the coefficients produce (~0.7–1.2) anyway. Wide orientation is
+    singular values inside the band the coefficients produce (~0.7–1.2) anyway. (Five steps lift
+    singular values above ~1e-3 of the largest into the band; smaller ones, e.g. of a nearly singular
+    square matrix, stay small.) Wide orientation is
     used (A ≤ B) so the Gram matrix X·Xᵀ is the small one. The op sequence (normalize by the Frobenius
     norm, then addmm-fused steps) is torch.optim.Muon's, so 2-D results agree with it bit for bit.
     """

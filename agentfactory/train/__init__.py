@@ -15,7 +15,15 @@ from agentfactory.train.config import (
 )
 from agentfactory.train.data import DataError, DataStats, load_chat, load_text
 from agentfactory.train.schedule import lr_multiplier
-from agentfactory.train.trainer import TrainingDiverged, TrainResult, pretrain, sft, train
+from agentfactory.train.trainer import (
+    Trainer,
+    TrainingDiverged,
+    TrainResult,
+    build_model,
+    pretrain,
+    sft,
+    train,
+)
 
 __all__ = [
     "ChatData",
@@ -28,7 +36,9 @@ __all__ = [
     "TextData",
     "TrainConfig",
     "TrainResult",
+    "Trainer",
     "TrainingDiverged",
+    "build_model",
     "load_chat",
     "load_text",
     "lr_multiplier",

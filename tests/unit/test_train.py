@@ -6,15 +6,17 @@ import random
 import pytest
 import torch
 
-from agentfactory.model import K2ForCausalLM, encode_with_mask, load_tokenizer, train_tokenizer
+from agentfactory.model import K2ForCausalLM, encode_with_mask, load_tokenizer, render, train_tokenizer
 from agentfactory.train import (
     ChatData,
     DataError,
     PretrainConfig,
     ScheduleConfig,
     SFTConfig,
+    TextData,
     TrainingDiverged,
     load_chat,
+    load_text,
     lr_multiplier,
     pretrain,
     sft,
@@ -70,8 +72,6 @@ def corpus(tmp_path_factory):
     convs = [_conversation(rnd, i) for i in range(24)]
     convs.insert(5, {"id": "no-assistant", "messages": [{"role": "user", "content": "hi"}]})
     (root / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
-    from agentfactory.model.chat import render
-
     texts = docs + [render(c["messages"], json.loads(c["tools"])) for c in convs[:10] if "tools" in c]
     train_tokenizer(texts, 400, root / "tok")
     return root
@@ -118,6 +118,22 @@ def test_sample_order_is_a_permutation_per_epoch():
     first, second = sample_indices(10, 0, 10, seed=3), sample_indices(10, 10, 10, seed=3)
     assert sorted(first) == sorted(second) == list(range(10)) and first != second
     assert sample_indices(10, 7, 6, seed=3) == (first + second)[7:13]  # position is all the state
+
+
+def test_pretraining_text_is_packed_with_eos_separators(corpus, tmp_path):
+    tok = load_tokenizer(corpus / "tok")
+    (tmp_path / "a.txt").write_text("the order was shipped")
+    conv = json.loads((corpus / "chat.jsonl").read_text().splitlines()[0])
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "refund pending"}) + "\n" + json.dumps(conv) + "\n")
+    data = load_text(TextData(paths=[str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")], seq_len=8), tok)
+    stream = torch.cat(data.ids).tolist()
+    eos = tok.convert_tokens_to_ids("[EOS]")
+    docs = ["the order was shipped", "refund pending", render(conv["messages"], json.loads(conv["tools"]))]
+    expected = [t for d in docs for t in [*tok.encode(d, add_special_tokens=False), eos]]
+    assert stream == expected[: len(stream)] and len(expected) - len(stream) < 8  # only the tail is dropped
+    assert all(len(row) == 8 for row in data.ids) and data.stats.rows == 3
+    with pytest.raises(DataError, match="fewer than one row"):
+        load_text(TextData(paths=[str(tmp_path / "a.txt")], seq_len=4096), tok)
 
 
 # ---------------------------------------------------------------------------------------- SFT data
