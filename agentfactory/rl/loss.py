@@ -94,7 +94,7 @@ def k1p5_loss(
         x_BT = (logp_old_BT.float() - logp_BT.float()) * mask  # log(π_old/π_θ) per token
         n_tok = mask.sum().clamp(min=1)
         stats = {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "reward_mean": float(rewards.mean()),
             "adv_abs_mean": float(adv_B.abs().mean()),
             "log_ratio_mean": float(log_ratio_B.mean()),
@@ -118,8 +118,8 @@ def total_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """RL loss plus `ptx_weight` × PTX (when a PTX batch is given)."""
     if ptx is None or config.ptx_weight == 0:
-        return rl, {"rl_loss": float(rl)}
-    return rl + config.ptx_weight * ptx, {"rl_loss": float(rl), "ptx_loss": float(ptx)}
+        return rl, {"rl_loss": float(rl.detach())}
+    return rl + config.ptx_weight * ptx, {"rl_loss": float(rl.detach()), "ptx_loss": float(ptx.detach())}
 
 
 class TemperatureSchedule(StrictModel):

@@ -67,7 +67,7 @@ def test_the_square_pulls_a_drifted_policy_back():
     drifted.requires_grad_(True)
     loss, stats = k1p5_loss(drifted, old, torch.zeros(2), torch.ones(2, 3), torch.tensor([0, 0]), tau=1.0)
     loss.backward()
-    assert float(loss) > 0 and stats["log_ratio_mean"] == pytest.approx(0.9)
+    assert loss.item() > 0 and stats["log_ratio_mean"] == pytest.approx(0.9)
     assert torch.all(drifted.grad > 0)  # descending lowers log π_θ back toward π_old
 
 
@@ -82,7 +82,7 @@ def test_masked_tokens_do_not_count():
     lp = token_logprobs(ref, ids)
     ref_loss, _ = k1p5_loss(lp, lp.detach(), torch.tensor([1.0, 0.0]), mask, torch.tensor([0, 0]), tau=0.2)
     ref_loss.backward()
-    assert float(loss) == pytest.approx(float(ref_loss))
+    assert loss.item() == pytest.approx(ref_loss.item())
     torch.testing.assert_close(logits.grad, ref.grad)
     assert torch.count_nonzero(logits.grad[0, 2:]) == 0 and torch.count_nonzero(logits.grad[1, 3]) == 0
 
@@ -94,7 +94,7 @@ def test_groups_have_their_own_baselines_and_equal_weight():
     logp = torch.zeros(5, 2, requires_grad=True)
     loss, _ = k1p5_loss(logp, torch.zeros(5, 2), rewards, torch.ones(5, 2), group, tau=0.1)
     # group 0: 1/2 (1 + 1) = 1; group 1: 0; mean over the 2 groups
-    assert float(loss) == pytest.approx(0.5)
+    assert loss.item() == pytest.approx(0.5)
 
 
 def test_truncated_importance_weights_cap_and_scale_the_stale_tokens():
@@ -118,10 +118,10 @@ def test_ptx_loss_matches_cross_entropy_on_masked_tokens_and_mixes_by_weight():
     got = ptx_loss(logits, ids, mask)
     ref = torch.nn.functional.cross_entropy(logits[mask.bool()], ids[mask.bool()])
     torch.testing.assert_close(got, ref)
-    assert float(ptx_loss(logits, ids, torch.zeros(2, 4))) == 0.0
+    assert ptx_loss(logits, ids, torch.zeros(2, 4)).item() == 0.0
     rl = torch.tensor(0.5)
     total, stats = total_loss(rl, got, LossConfig(ptx_weight=0.2))
-    assert float(total) == pytest.approx(0.5 + 0.2 * float(got)) and "ptx_loss" in stats
+    assert total.item() == pytest.approx(0.5 + 0.2 * got.item()) and "ptx_loss" in stats
     assert float(total_loss(rl, got, LossConfig(ptx_weight=0.0))[0]) == 0.5
 
 
