@@ -27,6 +27,7 @@ class SamplingParams(StrictModel):
     n: int = Field(1, ge=1)
     seed: int | None = None
     logprobs: bool = Field(False, description="return the logprob of each sampled token")
+    ignore_eos: bool = Field(False, description="keep sampling past the end-of-turn token (benchmarks)")
 
 
 class GenerationRequest(StrictModel):

@@ -119,6 +119,8 @@ class OpenAIEngine:
             kwargs["stop"] = list(p.stop)
         if p.seed is not None:
             kwargs["seed"] = p.seed
+        if p.ignore_eos:  # a vLLM extension
+            kwargs["extra_body"] = {"ignore_eos": True}
         return kwargs
 
     def _chat(self, req: GenerationRequest) -> list[Completion]:
@@ -129,8 +131,8 @@ class OpenAIEngine:
             kwargs["tools"] = [t.to_openai() for t in req.tools]
         if req.params.logprobs:
             kwargs["logprobs"] = True
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+        if self.extra_body or "extra_body" in kwargs:
+            kwargs["extra_body"] = {**kwargs.get("extra_body", {}), **self.extra_body}
         resp = self.client.chat.completions.create(**kwargs)
         usage = resp.usage
         out = []
@@ -180,7 +182,7 @@ class OpenAIEngine:
             "skip_special_tokens": False,
             "spaces_between_special_tokens": False,
         }
-        kwargs["extra_body"] = {**extra, **self.extra_body}
+        kwargs["extra_body"] = {**extra, **kwargs.get("extra_body", {}), **self.extra_body}
         resp = self.client.completions.create(**kwargs)
         out = []
         for choice in resp.choices:

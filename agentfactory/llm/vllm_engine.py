@@ -214,6 +214,7 @@ class VLLMEngine:
             stop=list(params.stop) or None,
             seed=params.seed,
             logprobs=0 if params.logprobs else None,
+            ignore_eos=params.ignore_eos,
             skip_special_tokens=False,  # the tool-call markers are special tokens
             spaces_between_special_tokens=False,
         )

@@ -1,0 +1,217 @@
+"""Rollout throughput: VLLMEngine vs `generate` of transformers' DeepseekV3 and of our K2ForCausalLM.
+
+One random k2-mini checkpoint (tokenizer trained here), greedy decoding, every engine produces the
+same number of tokens (`ignore_eos`), at batch 1/16/64, for
+  - single-turn episodes: a chat prompt + `--new-tokens` tokens;
+  - multi-turn episodes: `--turns` assistant turns of `--turn-tokens` tokens, each followed by a user
+    turn; VLLMEngine runs them as token-in-token-out `Conversation`s, batching every active episode's
+    next turn in one `generate`; the baselines run the same turns with the same ids.
+transformers' generate keeps a KV cache; ours recomputes the prefix every step (it exists for tests),
+so it runs only up to `--ours-max-batch` in single-turn. Prints tokens/s and ratios, the fraction of
+episodes whose greedy ids are identical across engines, and writes bench/results/rollout.json.
+
+    python bench/rollout.py [--batches 1 16 64] [--new-tokens 128] [--turns 3] [--turn-tokens 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "rollout.json"
+USER_TURN = {"role": "user", "content": "Please continue with the next step."}
+
+
+def build_checkpoint(path: Path, vocab: int):
+    """Random k2-mini weights with a tokenizer trained on synthetic order-desk text."""
+    import torch
+
+    from agentfactory.model import K2Config, K2ForCausalLM, train_tokenizer
+
+    rng = random.Random(0)
+    syllables = ["or", "der", "ship", "ment", "can", "cel", "re", "fund", "ac", "count", "sta", "tus", "pa"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
+    texts = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(4000)]
+    tok = train_tokenizer(texts, vocab, path)
+    torch.manual_seed(0)
+    config = K2Config.preset("k2-mini", vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=3)
+    K2ForCausalLM(config).save_pretrained(path)
+    return tok, config
+
+
+def episodes(batch: int) -> list[list[dict]]:
+    """Chat prompts of identical token length (digits are single tokens), different content."""
+    rng = random.Random(batch)
+    return [
+        [
+            {"role": "system", "content": "You are the order desk. Use the tools."},
+            {"role": "user", "content": f"Cancel order {rng.randint(10**6, 10**7 - 1)} and refund it."},
+        ]
+        for _ in range(batch)
+    ]
+
+
+def run_vllm(engine, tok, prompts, turns: int, tokens: int) -> tuple[float, list[list[int]]]:
+    from agentfactory.llm import Conversation, SamplingParams, generate_turns
+
+    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+    convs = [Conversation(tok, p) for p in prompts]
+    t0 = time.perf_counter()
+    for turn in range(turns):
+        if turn:
+            for c in convs:
+                c.add_messages([USER_TURN])
+        generate_turns(engine, convs, params)
+    return time.perf_counter() - t0, [c.ids for c in convs]
+
+
+def run_torch(generate, tok, prompts, turns: int, tokens: int) -> tuple[float, list[list[int]]]:
+    """The same turns through a (B, T) -> (B, T + n) generate function."""
+    import torch
+
+    from agentfactory.model import encode, encode_continuation
+    from agentfactory.model.chat import IM_END
+
+    ids = torch.tensor([encode(tok, p, add_generation_prompt=True) for p in prompts])
+    # the user turn's ids after an unfinished assistant turn (same for every episode)
+    end = tok.convert_tokens_to_ids(IM_END)
+    history = [{"role": "assistant", "content": "x"}]
+    env = torch.tensor([end, *encode_continuation(tok, history, [USER_TURN])])
+    t0 = time.perf_counter()
+    for turn in range(turns):
+        if turn:
+            ids = torch.cat([ids, env.expand(ids.shape[0], -1)], dim=1)
+        ids = generate(ids, tokens)
+    return time.perf_counter() - t0, ids.tolist()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--turn-tokens", type=int, default=32)
+    p.add_argument("--ours-max-batch", type=int, default=1)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the baselines (vLLM-CPU binds one per core)"
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="vLLM with torch.compile (slower start; default eager)"
+    )
+    args = p.parse_args()
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+    from transformers import DeepseekV3ForCausalLM
+
+    from agentfactory.llm import VLLMEngine
+    from agentfactory.model import K2ForCausalLM, count_params
+
+    torch.set_num_threads(args.threads)
+    console = Console(width=150)
+    ckpt = Path(tempfile.mkdtemp(prefix="bench_rollout_"))
+    tok, config = build_checkpoint(ckpt, args.vocab)
+    hf = DeepseekV3ForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    ours = K2ForCausalLM.from_pretrained(ckpt).eval()
+
+    def hf_generate(ids, n):
+        with torch.no_grad():
+            mask = torch.ones_like(ids)
+            return hf.generate(
+                ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=3
+            )
+
+    def ours_generate(ids, n):
+        return ours.generate(ids, max_new_tokens=n, temperature=0.0)
+
+    modes = [("single-turn", 1, args.new_tokens), ("multi-turn", args.turns, args.turn_tokens)]
+    cases = [(mode, turns, tokens, batch) for mode, turns, tokens in modes for batch in args.batches]
+    # Baselines first, with no vLLM processes alive next to them.
+    hf_generate(torch.tensor([[5, 6, 7]]), 4)  # first-call overheads off the clock
+    rows, ids = [], {}
+    for mode, turns, tokens, batch in cases:
+        n_tokens = batch * turns * tokens
+        row = {"mode": mode, "batch": batch, "turns": turns, "tokens": n_tokens}
+        secs, ids[mode, batch, "transformers"] = run_torch(hf_generate, tok, episodes(batch), turns, tokens)
+        row["transformers"] = {"s": secs, "tok_s": n_tokens / secs}
+        if mode == "single-turn" and batch <= args.ours_max_batch:
+            secs, ids[mode, batch, "ours"] = run_torch(ours_generate, tok, episodes(batch), turns, tokens)
+            row["ours"] = {"s": secs, "tok_s": n_tokens / secs}
+        rows.append(row)
+        console.print(f"baselines: {mode} batch {batch} done")
+
+    t0 = time.perf_counter()
+    engine = VLLMEngine(
+        ckpt, kv_cache_memory_bytes=1 << 30, max_model_len=2048, enforce_eager=not args.compile
+    )
+    start_s = time.perf_counter() - t0
+    run_vllm(engine, tok, episodes(2), 1, 8)  # first-call overheads off the clock
+    for row, (mode, turns, tokens, batch) in zip(rows, cases, strict=True):
+        secs, vllm_ids = run_vllm(engine, tok, episodes(batch), turns, tokens)
+        row["vllm"] = {"s": secs, "tok_s": row["tokens"] / secs}
+        for base in ("transformers", "ours"):
+            if (mode, batch, base) in ids:
+                same = sum(a == b for a, b in zip(vllm_ids, ids[mode, batch, base], strict=True))
+                row[f"same_ids_vs_{base}"] = same / batch
+    engine.close()
+
+    table = Table(title=f"k2-mini rollouts (greedy, fp32, vocab {len(tok)}): generated tokens/s")
+    for col in (
+        "episodes",
+        "batch",
+        "tokens",
+        "vLLM",
+        "transformers",
+        "ours",
+        "vLLM/transf.",
+        "vLLM/ours",
+        "same ids",
+    ):
+        table.add_column(col, justify="right")
+    for r in rows:
+        has_ours = "ours" in r
+        table.add_row(
+            f"{r['mode']} {r['turns']}×{r['tokens'] // r['batch'] // r['turns']}",
+            str(r["batch"]),
+            f"{r['tokens']:,}",
+            f"{r['vllm']['tok_s']:,.0f}",
+            f"{r['transformers']['tok_s']:,.0f}",
+            f"{r['ours']['tok_s']:,.0f}" if has_ours else "—",
+            f"{r['vllm']['tok_s'] / r['transformers']['tok_s']:.1f}×",
+            f"{r['vllm']['tok_s'] / r['ours']['tok_s']:.1f}×" if has_ours else "—",
+            f"{r['same_ids_vs_transformers']:.0%}",
+        )
+    console.print(table)
+    total, active = count_params(config)
+    console.print(
+        f"params {total / 1e6:.1f}M total / {active / 1e6:.1f}M active; baselines on {args.threads} thread(s); "
+        f"vLLM ({'compiled' if args.compile else 'eager'}) engine start {start_s:.0f} s"
+    )
+    last = rows[-1]
+    ratio = last["vllm"]["tok_s"] / last["transformers"]["tok_s"]
+    console.print(
+        f"[bold]{last['mode']} batch {last['batch']}: vLLM/transformers = {ratio:.1f}×[/bold] (goal ≥ 3×)"
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    out = {
+        "preset": "k2-mini",
+        "vocab": len(tok),
+        "params_total": total,
+        "params_active": active,
+        "vllm_start_s": start_s,
+        "vllm_compiled": args.compile,
+        "baseline_threads": args.threads,
+        "rows": rows,
+    }
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    console.print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
