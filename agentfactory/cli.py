@@ -548,12 +548,24 @@ def config_show(
 def run(
     config: Annotated[Path, typer.Argument(help="pipeline config YAML, e.g. pipelines/quickstart.yaml")],
     overrides: Overrides = None,
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="apply the config's `smoke:` overrides (a quick run)")
+    ] = False,
 ) -> None:
-    """Run a pipeline's stages in order; outputs go to <output_dir>/<name>/."""
+    """Run a pipeline's stages in order; outputs go to <output_dir>/<name>/; a rerun resumes."""
+    from agentfactory.config import load_yaml
     from agentfactory.pipeline import PipelineConfig, run_pipeline
 
     try:
-        cfg = load_config(config, PipelineConfig, overrides or [])
+        extra = list(overrides or [])
+        if smoke:
+            data, _ = load_yaml(config)
+            extra = [
+                *(data.get("smoke") or [] if isinstance(data, dict) else []),
+                "name=" + str(data.get("name", "run")) + "_smoke",
+                *extra,
+            ]
+        cfg = load_config(config, PipelineConfig, extra)
         run_pipeline(cfg, out)
     except ConfigError as e:
         _fail(e)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfactory.config import StrictModel
+from agentfactory.stages import CorpusStage, EvalStage, TokenizerStage, TrainStage, run_model_stages
 from agentfactory.synth.config import SynthConfig
 from agentfactory.tools import domain_files, load_domain
 
@@ -44,7 +45,15 @@ class PipelineConfig(StrictModel):
     synth: SynthConfig | None = Field(
         None, description="agentic data synthesis (then export to a HF dataset)"
     )
+    corpus: CorpusStage | None = Field(
+        None, description="a generated pretraining corpus (oracle conversations)"
+    )
+    tokenizer: TokenizerStage | None = None
+    pretrain: TrainStage | None = None
+    sft: TrainStage | None = None
+    eval: EvalStage | None = Field(None, description="held-out evaluation of base / SFT checkpoints on vLLM")
     report: ReportStage | None = ReportStage()
+    smoke: list[str] = Field(default_factory=list, description="overrides applied by `--smoke` (a quick run)")
 
     @property
     def run_dir(self) -> Path:
@@ -104,6 +113,7 @@ def run_pipeline(config: PipelineConfig, console: Console | None = None) -> dict
         t0 = time.perf_counter()
         results["synth"] = run_synth_stage(config, console)
         results["synth"]["seconds"] = round(time.perf_counter() - t0, 3)
+    run_model_stages(config, console, results)
     (run_dir / "summary.json").write_text(json.dumps(results, indent=2))
     if config.report is not None:
         from agentfactory.report import build_report

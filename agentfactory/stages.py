@@ -1,0 +1,179 @@
+"""The model stages of a pipeline run: tokenizer, pretrain corpus + pretrain, SFT, held-out evaluation.
+
+Each stage reads what earlier stages left in the run directory and writes its own subfolder, with a
+`stage.done` marker when finished, so a rerun (after Ctrl-C or kill) skips finished stages and the
+trainer resumes unfinished ones from their checkpoint. Trainer knobs pass through `train:` and are
+validated by the trainer's own strict config.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from rich.console import Console
+
+from agentfactory.config import StrictModel
+from agentfactory.eval import EvalConfig
+
+
+class TokenizerStage(StrictModel):
+    vocab_size: int = Field(4096, ge=300)
+
+
+class CorpusStage(StrictModel):
+    """A generated pretraining corpus: oracle conversations over worlds no other stage uses."""
+
+    world_start: int = Field(1000, ge=0)
+    worlds: int = Field(10, ge=1)
+
+
+class TrainStage(StrictModel):
+    preset: str = "k2-mini"
+    train: dict[str, Any] = Field(default_factory=dict, description="PretrainConfig / SFTConfig overrides")
+    seq_len: int = Field(1024, ge=16)
+
+
+class EvalStage(EvalConfig):
+    models: list[str] = Field(
+        default_factory=lambda: ["base", "sft"], description="which checkpoints to evaluate"
+    )
+    engine: dict[str, Any] = Field(default_factory=dict, description="VLLMEngine keyword arguments")
+
+
+def done(stage_dir: Path) -> dict | None:
+    marker = stage_dir / "stage.done"
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def mark_done(stage_dir: Path, summary: dict) -> dict:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "stage.done").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def build_corpus(cfg: CorpusStage, out: Path, console: Console) -> dict:
+    """Render oracle episodes over fresh worlds as chat jsonl (the pretraining 'web' of this world)."""
+    from agentfactory.synth.config import SynthConfig
+    from agentfactory.synth.pipeline import domain_paths, make_tasks
+    from agentfactory.synth.worker import EpisodeWorker
+
+    synth = SynthConfig(world_start=cfg.world_start, worlds=cfg.worlds)
+    paths = domain_paths(synth)
+    tasks = make_tasks(synth, paths)
+    worker = EpisodeWorker(synth, paths)
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with (out / "corpus.jsonl").open("w") as f:
+        for i in range(0, len(tasks), 64):
+            for rec in worker.run([(t, 0) for t in tasks[i : i + 64]]):
+                data = rec.to_openai()
+                f.write(json.dumps({"messages": data["messages"], "tools": data["tools"]}) + "\n")
+                n += 1
+    console.print(f"pretraining corpus: {n} conversations")
+    return {"documents": n, "path": str(out / "corpus.jsonl")}
+
+
+def train_tokenizer_stage(cfg: TokenizerStage, corpora: list[Path], out: Path, console: Console) -> dict:
+    from agentfactory.model import iter_corpus, train_tokenizer
+
+    tok = train_tokenizer(iter_corpus(corpora), cfg.vocab_size, out)
+    console.print(f"tokenizer: {len(tok)} tokens")
+    return {"vocab_size": len(tok), "path": str(out)}
+
+
+def _train(
+    kind: str,
+    stage: TrainStage,
+    tokenizer: Path,
+    data: list[Path],
+    init_from: Path | None,
+    out: Path,
+    seed: int,
+) -> dict:
+    from agentfactory.train import PretrainConfig, SFTConfig, pretrain, sft
+
+    base = {
+        "model": {"preset": stage.preset, **({"init_from": str(init_from)} if init_from else {})},
+        "tokenizer": str(tokenizer),
+        "data": {"paths": [str(p) for p in data], "seq_len": stage.seq_len},
+        "output_dir": str(out),
+        "seed": seed,
+        **stage.train,
+    }
+    cls, fn = (PretrainConfig, pretrain) if kind == "pretrain" else (SFTConfig, sft)
+    result = fn(cls.model_validate(base))
+    return {
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "tokens_per_s": result.tokens_per_s,
+        "model": str(result.model_dir),
+    }
+
+
+def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console: Console) -> dict:
+    """Held-out success of each checkpoint, one vLLM engine at a time."""
+    from agentfactory.eval import evaluate_engine
+    from agentfactory.llm.vllm_engine import VLLMEngine
+
+    results = {}
+    config = EvalConfig.model_validate(cfg.model_dump(exclude={"models", "engine"}))
+    for name in cfg.models:
+        if name not in models:
+            continue
+        engine = VLLMEngine(str(models[name]), **cfg.engine)
+        try:
+            t0 = time.perf_counter()
+            summary = evaluate_engine(engine, config, out, label=name)
+            console.print(
+                f"eval {name}: {summary['success']}/{summary['tasks']} held-out tasks ({time.perf_counter() - t0:.0f}s)"
+            )
+            results[name] = summary["success_rate"]
+        finally:
+            engine.close()
+    return results
+
+
+def run_model_stages(config: Any, console: Console, results: dict) -> None:
+    """tokenizer → corpus → pretrain → SFT → eval, each skipped when its stage.done exists."""
+    run = config.run_dir
+    seed = config.seed
+
+    def stage(name: str, fn: Any) -> None:
+        d = run / name
+        if (prior := done(d)) is not None:
+            console.print(f"[dim]{name}: done earlier, skipped")
+            results[name] = prior
+            return
+        t0 = time.perf_counter()
+        summary = fn(d)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        results[name] = mark_done(d, summary)
+
+    dataset = run / "synth" / "dataset" / "hf"
+    if config.corpus is not None:
+        stage("corpus", lambda d: build_corpus(config.corpus, d, console))
+    corpora = [p for p in (run / "corpus" / "corpus.jsonl", dataset) if p.exists()]
+    if config.tokenizer is not None:
+        stage("tokenizer", lambda d: train_tokenizer_stage(config.tokenizer, corpora, d, console))
+    tokenizer = run / "tokenizer"
+    models: dict[str, Path] = {}
+    if config.pretrain is not None:
+        stage(
+            "pretrain",
+            lambda d: _train(
+                "pretrain", config.pretrain, tokenizer, [run / "corpus" / "corpus.jsonl"], None, d, seed
+            ),
+        )
+        models["base"] = run / "pretrain" / "model"
+    if config.sft is not None:
+        init = models.get("base")
+        stage("sft", lambda d: _train("sft", config.sft, tokenizer, [dataset], init, d, seed))
+        models["sft"] = run / "sft" / "model"
+    if config.eval is not None:
+        random.seed(seed)
+        stage("eval", lambda d: evaluate_models(config.eval, models, d, console))
