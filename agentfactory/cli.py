@@ -569,6 +569,12 @@ def run(
         run_pipeline(cfg, out)
     except ConfigError as e:
         _fail(e)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # a stage failed: say which and why
+        err.print(f"run failed: {type(e).__name__}: {e}", markup=False)
+        err.print(
+            f"finished stages are kept; fix the cause and rerun to resume ({cfg.run_dir})", markup=False
+        )
+        raise typer.Exit(1) from None
     out.print(f"[bold green]done[/]: outputs in {cfg.run_dir}")
 
 

