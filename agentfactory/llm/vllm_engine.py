@@ -38,8 +38,9 @@ from agentfactory.records import ToolCall
 log = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "agentfactory.llm.vllm_worker.WeightSyncExtension"
-_BYTES_TRANSPORT_LIMIT = 1 << 30  # larger updates go through a safetensors dir in /dev/shm
-_OUR_EXPERTS = re.compile(r"^layers\.\d+\.mlp\.experts\.(gate_proj|up_proj|down_proj)$")
+# Updates up to this size travel as one safetensors blob through vLLM's RPC; larger ones as a
+# safetensors file in /dev/shm that the worker reads (measured on k2-mini, 47 MB: blob 0.51 s, dir 0.25 s).
+_BYTES_TRANSPORT_LIMIT = 8 << 20
 _HF_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")
 
 
@@ -164,6 +165,7 @@ class VLLMEngine:
         self.max_model_len = max_model_len
         self.policy_version = 0
         self.sleeping = False
+        self.blob_limit = _BYTES_TRANSPORT_LIMIT  # bytes; larger updates go through a file
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         self.vocab_size = max(len(self.tokenizer), int(self.config.get("vocab_size", 0)))
 
@@ -360,7 +362,7 @@ class VLLMEngine:
         if self.in_process:  # same process: tensors by reference
             return self._push(state)
         nbytes = sum(t.numel() * t.element_size() for t in state.values())
-        if nbytes <= _BYTES_TRANSPORT_LIMIT:
+        if nbytes <= self.blob_limit:
             from safetensors.torch import save
 
             t0 = time.perf_counter()
@@ -370,12 +372,15 @@ class VLLMEngine:
             return timings
         from safetensors.torch import save_file
 
-        tmp = Path(
-            tempfile.mkdtemp(prefix="af-weights-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
-        )
+        t0 = time.perf_counter()
+        shm = Path("/dev/shm")
+        roomy = shm.is_dir() and shutil.disk_usage(shm).free > 2 * nbytes
+        tmp = Path(tempfile.mkdtemp(prefix="af-weights-", dir=shm if roomy else None))
         try:
             save_file(state, tmp / "model.safetensors")
-            return self._push(str(tmp))
+            timings = self._push(str(tmp))
+            timings["serialize_s"] = time.perf_counter() - t0 - timings["rpc_s"]
+            return timings
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
