@@ -36,7 +36,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def vllm_server(k2_toolcall_checkpoint, tmp_path_factory):
     pytest.importorskip("vllm")
-    from agentfactory.llm.vllm_engine import serve_command
+    from agentfactory.llm.vllm_serve import serve_command
 
     port = _free_port()
     argv = serve_command(
