@@ -1,0 +1,193 @@
+"""From scored rollouts to one K1.5 update: training rows, padded micro-batches, the loss pass.
+
+A `TrainRow` is one response as the trainer sees it: the exact prompt ids the engine continued
+from, the sampled ids, the engine's logprob and policy version of each sampled token, its scalar
+reward and its baseline group (the prompt; closed-loop critic judgments form a group per prompt).
+Nothing is re-tokenized: the rows carry the engine's ids, so the trainer scores exactly the tokens
+that were sampled.
+
+`policy_update` runs one optimizer step's worth of forward/backward over whole groups per
+micro-batch (the K1.5 baseline is a group mean, so a group never straddles two micro-batches), each
+micro-batch's loss weighted by its share of the groups so the accumulated gradient equals the
+full-batch loss's. There is one update per iteration, so π_old (the iteration's starting weights)
+is the detached π_θ of the same forward: the log-ratio is 0 in value and the gradient is the
+mean-baseline policy gradient, with no extra forward pass. The same forward gives the
+train–inference mismatch: trainer logprobs vs the engine's sampling logprobs on the same tokens,
+split into tokens of the current version (pure numerics: kernels, dtype) and stale tokens (sampled
+by older weights, partial rollouts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from agentfactory.rl.loss import LossConfig, k1p5_loss, ptx_loss, total_loss, truncated_is_weights
+
+
+@dataclass
+class TrainRow:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]  # engine (behaviour policy) logprob of each response token
+    versions: list[int]  # policy version that sampled each response token
+    reward: float
+    group: str
+    env: str
+    components: dict[str, float] = field(default_factory=dict)  # weighted reward components
+    metrics: dict[str, float] = field(default_factory=dict)  # weight-0 components (lengths, rates)
+
+
+def group_batches(rows: Sequence[TrainRow], max_rows: int) -> Iterator[list[TrainRow]]:
+    """Micro-batches of whole groups, about `max_rows` rows each (one group may exceed it alone)."""
+    groups: dict[str, list[TrainRow]] = {}
+    for r in rows:
+        groups.setdefault(r.group, []).append(r)
+    batch: list[TrainRow] = []
+    for members in groups.values():
+        if batch and len(batch) + len(members) > max_rows:
+            yield batch
+            batch = []
+        batch += members
+    if batch:
+        yield batch
+
+
+def collate_rows(rows: Sequence[TrainRow], pad_id: int, version: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors for a micro-batch; position t of `targets` is predicted by input t.
+
+    ids_BT:       prompt + response[:-1] (the model input)
+    targets_BT:   the next token at every input position
+    mask_BT:      1 where the target is a response token
+    behavior_BT:  the engine's logprob of that target (0 elsewhere)
+    fresh_BT:     1 where the target was sampled by `version` (the weights being trained)
+    group_B:      baseline group index 0..G-1
+    """
+    length = max(len(r.prompt_ids) + len(r.response_ids) - 1 for r in rows)
+    B = len(rows)
+    ids = torch.full((B, length), pad_id, dtype=torch.long)
+    targets = torch.full((B, length), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, length)
+    behavior = torch.zeros(B, length)
+    fresh = torch.zeros(B, length)
+    names: dict[str, int] = {}
+    group = torch.tensor([names.setdefault(r.group, len(names)) for r in rows])
+    for b, r in enumerate(rows):
+        seq = r.prompt_ids + r.response_ids
+        n, p = len(seq) - 1, len(r.prompt_ids) - 1  # first response token is the target at input p
+        ids[b, :n] = torch.tensor(seq[:-1])
+        targets[b, :n] = torch.tensor(seq[1:])
+        k = len(r.response_ids)
+        mask[b, p : p + k] = 1
+        behavior[b, p : p + k] = torch.tensor(r.logprobs[:k], dtype=torch.float32)
+        fresh[b, p : p + k] = torch.tensor([float(v == version) for v in r.versions[:k]])
+    return {
+        "ids": ids,
+        "targets": targets,
+        "mask": mask,
+        "behavior": behavior,
+        "fresh": fresh,
+        "group": group,
+        "rewards": torch.tensor([r.reward for r in rows], dtype=torch.float32),
+    }
+
+
+def mismatch_stats(
+    logp_BT: torch.Tensor, behavior_BT: torch.Tensor, mask_BT: torch.Tensor, fresh_BT: torch.Tensor
+):
+    """Sums for the train–inference mismatch: |Δlogprob| on fresh and stale tokens, their counts, the
+    max |Δ| on fresh tokens, and the k3 KL(μ‖π) estimator's sum over all response tokens."""
+    d_BT = (logp_BT.detach().float() - behavior_BT) * mask_BT
+    stale_BT = mask_BT * (1 - fresh_BT)
+    x_BT = d_BT  # log(π/μ) per token; k3 = exp(x) - 1 - x estimates KL(μ‖π) under μ's samples
+    return {
+        "fresh_abs": float((d_BT.abs() * fresh_BT).sum()),
+        "fresh_n": float(fresh_BT.sum()),
+        "fresh_max": float((d_BT.abs() * fresh_BT).max()) if fresh_BT.any() else 0.0,
+        "stale_abs": float((d_BT.abs() * stale_BT).sum()),
+        "stale_n": float(stale_BT.sum()),
+        "kl_sum": float(((torch.exp(x_BT) - 1 - x_BT) * mask_BT).sum()),
+        "n": float(mask_BT.sum()),
+    }
+
+
+def policy_update(
+    model: torch.nn.Module,
+    rows: Sequence[TrainRow],
+    config: LossConfig,
+    *,
+    pad_id: int,
+    version: int,
+    micro_batch_size: int,
+    ptx_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+    autocast: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """Forward/backward of the K1.5 loss (+ PTX) over `rows`; gradients accumulate in `model`.
+
+    Returns the step's statistics (loss, mismatch, KL). The caller clips, steps and zeroes.
+    A non-finite loss is reported as `loss = nan` before any backward of it (the caller stops).
+    """
+    from contextlib import nullcontext
+
+    n_groups = len({r.group for r in rows})
+    totals: dict[str, float] = {}
+    rl_loss_sum, ptx_sum = 0.0, 0.0
+    for mb in group_batches(rows, micro_batch_size):
+        t = collate_rows(mb, pad_id, version)
+        with autocast() if autocast else nullcontext():
+            logits = model(t["ids"]).logits  # (B, T, V)
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, t["targets"].unsqueeze(-1)).squeeze(-1)
+        weights = None
+        if config.tis_cap is not None:  # π_old/μ per token: corrects stale and mismatched tokens
+            weights = truncated_is_weights(logp.detach(), t["behavior"], t["mask"], config.tis_cap)
+        loss, stats = k1p5_loss(logp, logp.detach(), t["rewards"], t["mask"], t["group"], config.tau, weights)
+        share = len(set(t["group"].tolist())) / n_groups
+        if not math.isfinite(stats["loss"]):
+            return {"loss": float("nan")}
+        (loss * share).backward()
+        rl_loss_sum += stats["loss"] * share
+        for k, v in mismatch_stats(logp, t["behavior"], t["mask"], t["fresh"]).items():
+            totals[k] = max(totals.get(k, 0.0), v) if k == "fresh_max" else totals.get(k, 0.0) + v
+    for ids, labels in ptx_batches:
+        with autocast() if autocast else nullcontext():
+            logits = model(ids[:, :-1]).logits
+        labels = labels[:, 1:]
+        ptx = ptx_loss(logits, labels, labels != -100) / len(ptx_batches)
+        if not math.isfinite(float(ptx.detach())):
+            return {"loss": float("nan")}
+        (config.ptx_weight * ptx).backward()
+        ptx_sum += float(ptx.detach())
+    rl = torch.tensor(rl_loss_sum)
+    _, parts = total_loss(rl, torch.tensor(ptx_sum) if ptx_batches else None, config)
+    n = max(totals.get("n", 0.0), 1.0)
+    return {
+        "loss": rl_loss_sum + config.ptx_weight * ptx_sum,
+        **parts,
+        "kl": totals.get("kl_sum", 0.0) / n,
+        "mismatch/abs_mean": totals.get("fresh_abs", 0.0) / max(totals.get("fresh_n", 0.0), 1.0),
+        "mismatch/abs_max": totals.get("fresh_max", 0.0),
+        "mismatch/stale_abs_mean": totals.get("stale_abs", 0.0) / max(totals.get("stale_n", 0.0), 1.0),
+        "tokens/train": totals.get("n", 0.0),
+        "tokens/stale": totals.get("stale_n", 0.0),
+    }
+
+
+def reward_metrics(rows: Sequence[TrainRow]) -> dict[str, float]:
+    """`reward/<env>` (mean reward per env), `component/<name>` (mean of each weighted component)
+    and `metric/<name>` (weight-0 components: kept apart so token counts do not share the reward
+    plot's axis)."""
+    by_env: dict[str, list[float]] = {}
+    comps: dict[str, list[float]] = {}
+    for r in rows:
+        by_env.setdefault(r.env, []).append(r.reward)
+        for prefix, values in (("component", r.components), ("metric", r.metrics)):
+            for k, v in values.items():
+                comps.setdefault(f"{prefix}/{k}", []).append(v)
+    out = {f"reward/{e}": sum(v) / len(v) for e, v in by_env.items()}
+    out.update({k: sum(v) / len(v) for k, v in comps.items()})
+    if rows:
+        out["reward_mean"] = sum(r.reward for r in rows) / len(rows)
+    return out

@@ -1,0 +1,419 @@
+"""The colocated RL loop (DESIGN §9, Kimi K1.5 §2.6, K2 §3.2.2): trainer and vLLM on the same weights.
+
+One process on the CPU holds the trainer's model + MuonClip optimizer and a `VLLMEngine` serving
+the same weights. Each iteration:
+
+  1. **rollout** – top the partial-rollout buffer up to `prompts_per_iteration` groups with tasks
+     drawn from the env mixture (seeded by the iteration, so a resumed run draws the same tasks),
+     then generate one iteration's segments under the token budget: short responses finish, long
+     ones carry over and resume next iteration under the new weights (staleness bounded, logged);
+  2. **reward** – every group whose members all finished is scored by its env (verifiers, sandbox,
+     or the self-critique win rate for RubricEnv); on a few verifiable groups the critic also
+     judges pairs with different outcomes and those judgments become training rows rewarded for
+     agreeing with the verifier (the closed loop);
+  3. **train** – the K1.5 loss over the groups (+ PTX on SFT data), one MuonClip step, QK-Clip,
+     the routers' aux-free bias step. A non-finite loss stops the run before the update: the last
+     checkpoint on disk is the last good one;
+  4. **sync** – the new weights are pushed into the running engine in place (`update_weights`) and
+     tagged with the next policy version; on GPU the engine sleeps during (3) and wakes for (4).
+
+Every iteration appends one row to `<output_dir>/metrics.jsonl`: `reward/<env>`, `component/<name>`,
+`time/rollout|train|sync`, `kl`, `mismatch/*` (trainer vs engine logprobs of the same tokens),
+`staleness/*`, `clipped_heads`, `tokens/*`. Checkpoints (model, optimizer, buffer, iteration,
+version, RNG) make a killed run continue where it stopped; the final policy is saved as a HF
+checkpoint + tokenizer in `<output_dir>/model` for evaluation on vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from agentfactory.llm.base import Engine, SamplingParams
+from agentfactory.rl.batch import TrainRow, policy_update, reward_metrics
+from agentfactory.rl.buffer import PartialRolloutBuffer, Rollout
+from agentfactory.rl.config import RLConfig, build_env
+from agentfactory.rl.envs.base import EnvTask
+from agentfactory.rl.envs.mixture import EnvMixture
+
+
+@dataclass
+class RLResult:
+    output_dir: Path
+    model_dir: Path | None
+    iterations: int
+    policy_version: int
+    metrics_path: Path
+    final_reward: float | None
+
+
+class RLLoop:
+    """State of one colocated run: model, optimizer, engine, envs, buffer, counters."""
+
+    def __init__(self, config: RLConfig, engine: Engine | None = None, console: Console | None = None):
+        from agentfactory.model import K2ForCausalLM, load_tokenizer
+        from agentfactory.optim import build_optimizer
+        from agentfactory.rl.critic import Critic
+
+        self.config, self.console = config, console or Console(stderr=True)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.out = Path(config.output_dir)
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.tokenizer = load_tokenizer(config.tokenizer or config.model)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.model = K2ForCausalLM.from_pretrained(config.model)
+        self.model.train()
+        self.model.set_track_max_logits(True)
+        self.opt = build_optimizer(self.model, config.optimizer)
+        self.autocast = (
+            (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if config.dtype == "bfloat16" else None
+        )
+        self.owns_engine = engine is None
+        self.engine = engine if engine is not None else self._start_engine()
+        kinds = {e.kind for e in config.envs}
+        use_critic = config.critic.enabled and ("rubric" in kinds or config.critic.closed_loop_groups > 0)
+        self.critic = Critic(self.engine, config.critic.config) if use_critic else None
+        envs = [build_env(spec, self.critic) for spec in config.envs]
+        self.mixture = EnvMixture(envs, {e.name: s.weight for e, s in zip(envs, config.envs, strict=True)})
+        self.buffer = PartialRolloutBuffer(config.rollout)
+        self.ptx = None
+        if config.ptx is not None:
+            from agentfactory.train.data import load_chat
+
+            self.ptx = load_chat(config.ptx, self.tokenizer)
+        self.iteration, self.ptx_seen = 0, 0
+        self.version = self.engine.policy_version
+        self.last_reward: float | None = None
+
+    def _start_engine(self) -> Engine:
+        from agentfactory.llm.vllm_engine import VLLMEngine
+
+        e = self.config.engine
+        return VLLMEngine(
+            self.config.model,
+            tokenizer=self.config.tokenizer,
+            dtype=e.dtype,
+            kv_cache_memory_bytes=e.kv_cache_memory_bytes,
+            gpu_memory_utilization=e.gpu_memory_utilization,
+            max_model_len=e.max_model_len,
+            enforce_eager=e.enforce_eager,
+            seed=self.config.seed,
+        )
+
+    # ----------------------------------------------------------------------------------- rollout
+    def prompt_ids(self, task: EnvTask) -> list[int]:
+        """The ids the engine continues from: the K2 chat rendering the engine itself uses."""
+        from agentfactory.model.chat import encode
+
+        tools = [t.to_openai() for t in task.tools] or None
+        return encode(self.tokenizer, [m.to_openai() for m in task.prompt], tools, add_generation_prompt=True)
+
+    def top_up(self) -> int:
+        """Add new groups until `prompts_per_iteration` are in flight; returns how many were added."""
+        c = self.config
+        n = c.prompts_per_iteration - len(self.buffer.sizes)
+        if n <= 0:
+            return 0
+        tasks = self.mixture.sample(n, seed=c.seed * 1_000_003 + self.iteration)
+        for j, task in enumerate(tasks):
+            budget = c.budgets.for_kind(task.kind)
+            group = f"{self.iteration}.{j}:{task.id}"
+            self.buffer.add(task, self.prompt_ids(task), c.samples_per_prompt, budget, group=group)
+        return n
+
+    def score(self, groups: list[list[Rollout]]) -> tuple[list[TrainRow], dict[str, float]]:
+        """Env rewards for every released group, plus closed-loop critic rows on verifiable ones."""
+        rows: list[TrainRow] = []
+        critic_rows: list[TrainRow] = []
+        closed_loop = self.config.critic.closed_loop_groups if self.critic is not None else 0
+        for members in groups:
+            task = members[0].task
+            trajs = [r.to_trajectory() for r in members]
+            breakdowns = self.mixture.score_group(task, trajs)
+            for r, t, b in zip(members, trajs, breakdowns, strict=True):
+                if not t.token_ids or t.meta.get("errors"):
+                    continue  # an engine failure is not a response to learn from
+                rows.append(
+                    TrainRow(
+                        prompt_ids=r.prompt_ids,
+                        response_ids=list(t.token_ids),
+                        logprobs=list(t.logprobs or [0.0] * len(t.token_ids)),
+                        versions=list(t.meta.get("token_versions") or r.versions)[: len(t.token_ids)],
+                        reward=b.total,
+                        group=r.group,
+                        env=task.env,
+                        components={k: v for k, v in b.components.items() if b.weights.get(k)},
+                        metrics={k: v for k, v in b.components.items() if not b.weights.get(k)},
+                    )
+                )
+            outcomes = [b.components.get("correct", b.total) for b in breakdowns]
+            if closed_loop > 0 and task.verifiable and max(outcomes) - min(outcomes) >= 0.5:
+                closed_loop -= 1
+                samples = self.critic.training_samples(task, trajs, outcomes, seed=self.iteration)
+                critic_rows += [self._critic_row(s) for s in samples if s.token_ids]
+        stats = {"critic/rows": float(len(critic_rows))}
+        if critic_rows:
+            stats["critic/agreement"] = sum(r.reward for r in critic_rows) / len(critic_rows)
+        return rows + critic_rows, stats
+
+    def _critic_row(self, s: Any) -> TrainRow:
+        from agentfactory.model.chat import encode
+
+        prompt = encode(
+            self.tokenizer, [m.to_openai() for m in s.messages[:-1]], None, add_generation_prompt=True
+        )
+        n = len(s.token_ids)
+        return TrainRow(
+            prompt_ids=prompt,
+            response_ids=list(s.token_ids),
+            logprobs=list(s.logprobs or [0.0] * n),
+            versions=[s.policy_version] * n,
+            reward=s.reward.total,
+            group=str(s.meta["group"]),
+            env="critic",
+            components={"agreement": s.reward.components["agreement"]},
+        )
+
+    # ------------------------------------------------------------------------------------- train
+    def ptx_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.ptx is None or self.config.loss.ptx_weight == 0:
+            return []
+        from agentfactory.train.data import step_micro_batches
+
+        c = self.config
+        size = c.ptx_batch_size
+        batches = step_micro_batches(self.ptx, self.ptx_seen, size, size, c.seed, 0, 1)
+        self.ptx_seen += size
+        return batches
+
+    def train(self, rows: list[TrainRow]) -> dict[str, Any]:
+        from agentfactory.model import update_router_bias
+        from agentfactory.train.trainer import TrainingDiverged
+
+        c = self.config
+        stats = policy_update(
+            self.model,
+            rows,
+            c.loss,
+            pad_id=self.tokenizer.pad_token_id,
+            version=self.version,
+            micro_batch_size=c.micro_batch_size,
+            ptx_batches=self.ptx_batches(),
+            autocast=self.autocast,
+        )
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip or float("inf"))
+        if not math.isfinite(stats["loss"]) or not math.isfinite(float(grad_norm)):
+            self.opt.zero_grad(set_to_none=True)
+            what = f"loss {stats['loss']}, grad norm {float(grad_norm)}"
+            raise TrainingDiverged(
+                f"iteration {self.iteration + 1}: {what}; stopped before the update, {self._last_good()}"
+            )
+        clipped = self.opt.step(self.model.pop_max_logits())
+        self.opt.zero_grad(set_to_none=True)
+        update_router_bias(self.model)
+        return {**stats, "grad_norm": float(grad_norm), "clipped_heads": sum(len(h) for h in clipped)}
+
+    def _last_good(self) -> str:
+        info = self.out / "checkpoint" / "trainer.json"
+        if info.exists():
+            return f"the last good checkpoint is {info.parent} (iteration {json.loads(info.read_text())['iteration']})"
+        return "no checkpoint was written yet"
+
+    def sync(self) -> dict[str, float]:
+        """Push the trainer's weights into the engine in place, tagged with the next version."""
+        self.version += 1
+        timings = self.engine.update_weights(self.model.state_dict(), self.version)
+        return {f"sync/{k}": float(v) for k, v in (timings or {}).items() if isinstance(v, (int, float))}
+
+    # --------------------------------------------------------------------------------- iteration
+    def step(self) -> dict[str, Any]:
+        """One iteration: rollout, reward, train, sync; returns its metrics row."""
+        c = self.config
+        gpu_sleep = c.engine.sleep_during_training
+        t0 = time.perf_counter()
+        added = self.top_up()
+        temperature = c.temperature.at(self.iteration)
+        params = SamplingParams(temperature=temperature, top_p=c.top_p, seed=c.seed, logprobs=True)
+        result = self.buffer.step(self.engine, params)
+        rows, critic_stats = self.score(result.groups)
+        t1 = time.perf_counter()
+        if gpu_sleep:
+            self.engine.sleep()
+        train_stats = self.train(rows) if rows else {"skipped": 1}
+        t2 = time.perf_counter()
+        if gpu_sleep:
+            self.engine.wake_up()
+        sync_stats = self.sync() if rows else {}
+        t3 = time.perf_counter()
+        self.iteration += 1
+        rewards = reward_metrics([r for r in rows if r.env != "critic"])
+        self.last_reward = rewards.get("reward_mean", self.last_reward)
+        s = result.stats
+        return {
+            "iteration": self.iteration,
+            "policy_version": self.version,
+            "temperature": temperature,
+            **rewards,
+            **critic_stats,
+            **train_stats,
+            **sync_stats,
+            "time/rollout": t1 - t0,
+            "time/train": t2 - t1,
+            "time/sync": t3 - t2,
+            "time/iteration": t3 - t0,
+            "groups/added": added,
+            "groups/trained": len(result.groups),
+            "rows": len(rows),
+            "tokens/generated": s["generated_tokens"],
+            "rollouts/admitted": s["admitted"],
+            "rollouts/resumed": s["resumed"],
+            "rollouts/carried": s["carried"],
+            "rollouts/multi_segment": s["multi_segment"],
+            "staleness/max": s["staleness_max"],
+            "staleness/mean": s["staleness_mean"],
+            "staleness/dropped": s["dropped_stale"],
+            "staleness/restarted": s["restarted_stale"],
+        }
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        """Atomic checkpoint (write `checkpoint.tmp/`, swap by renames): a crash keeps the last one."""
+        path = self.out / "checkpoint"
+        tmp, old = path.with_name("checkpoint.tmp"), path.with_name("checkpoint.old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(self.model.state_dict(), tmp / "model.pt")
+        torch.save(self.opt.state_dict(), tmp / "optim.pt")
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+        (tmp / "buffer.json").write_text(json.dumps(self.buffer.state_dict()))
+        state = {
+            "iteration": self.iteration,
+            "version": self.version,
+            "ptx_seen": self.ptx_seen,
+            "last_reward": self.last_reward,
+        }
+        (tmp / "trainer.json").write_text(json.dumps(state, indent=2))
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def resume(self) -> bool:
+        """Continue from `<output_dir>/checkpoint` (weights pushed to the engine with the saved
+        version); without one start afresh (an old metrics file is dropped)."""
+        from agentfactory.train.checkpoint import find_checkpoint
+
+        path = find_checkpoint(self.out / "checkpoint") if self.config.resume else None
+        if path is None:
+            self.metrics_path.unlink(missing_ok=True)
+            if not self.owns_engine:  # a shared engine may hold other weights: load ours
+                self.sync()
+            return False
+        state = json.loads((path / "trainer.json").read_text())
+        self.model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        self.opt.load_state_dict(torch.load(path / "optim.pt", map_location="cpu", weights_only=False))
+        rng = torch.load(path / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        self.buffer.load_state_dict(json.loads((path / "buffer.json").read_text()))
+        self.iteration, self.ptx_seen = state["iteration"], state["ptx_seen"]
+        self.last_reward = state.get("last_reward")
+        self.version = state["version"] - 1
+        self.sync()  # the engine serves the checkpoint's weights, at the checkpoint's version
+        if self.metrics_path.exists():  # drop rows logged after the checkpoint
+            rows = [r for r in self.metrics_path.read_text().splitlines() if r.strip()]
+            kept = [r for r in rows if json.loads(r).get("iteration", 0) <= self.iteration]
+            self.metrics_path.write_text("".join(r + "\n" for r in kept))
+        return True
+
+    def export(self) -> Path:
+        """The final policy as a HF checkpoint + tokenizer (servable by vLLM)."""
+        from agentfactory.model.tokenizer import save_tokenizer
+
+        model_dir = self.out / "model"
+        self.model.save_pretrained(model_dir)
+        save_tokenizer(self.tokenizer, model_dir)
+        return model_dir
+
+    def close(self) -> None:
+        if self.owns_engine:
+            self.engine.close()
+
+
+def _progress(console: Console, total: int, done: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]rl"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
+    return progress, progress.add_task("rl", total=total, completed=done, info="")
+
+
+def rl_run(
+    config: RLConfig,
+    *,
+    engine: Engine | None = None,
+    console: Console | None = None,
+    on_iteration: Callable[[RLLoop, dict[str, Any]], None] | None = None,
+) -> RLResult:
+    """Run (or resume) colocated RL to `config.iterations`. With `engine` given (e.g. a shared test
+    engine), it is used instead of starting a VLLMEngine on `config.model`, and is left open.
+    `on_iteration(loop, row)` runs after each iteration's checkpoint (held-out evals, benches)."""
+    loop = RLLoop(config, engine, console)
+    try:
+        loop.out.mkdir(parents=True, exist_ok=True)
+        (loop.out / "config.json").write_text(config.model_dump_json(indent=2))
+        if loop.resume():
+            loop.console.print(f"resumed from {loop.out / 'checkpoint'} at iteration {loop.iteration}")
+        show = config.progress
+        progress, task = _progress(loop.console, config.iterations, loop.iteration) if show else (None, None)
+        with progress or nullcontext(), loop.metrics_path.open("a") as log:
+            while loop.iteration < config.iterations:
+                row = loop.step()
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                every = config.checkpoint_every
+                if loop.iteration == config.iterations or (every and loop.iteration % every == 0):
+                    loop.save()
+                if progress is not None:
+                    info = (
+                        f"reward {row.get('reward_mean', float('nan')):.3f}  "
+                        f"rollout {row['time/rollout']:.1f}s train {row['time/train']:.1f}s "
+                        f"sync {row['time/sync']:.2f}s  carried {row['rollouts/carried']}"
+                    )
+                    progress.update(task, completed=loop.iteration, info=info)
+                if on_iteration is not None:
+                    on_iteration(loop, row)
+        model_dir = loop.export() if config.save_model else None
+        result = RLResult(
+            loop.out, model_dir, loop.iteration, loop.version, loop.metrics_path, loop.last_reward
+        )
+        summary = {
+            "iterations": loop.iteration,
+            "policy_version": loop.version,
+            "final_reward": loop.last_reward,
+        }
+        (loop.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return result
+    finally:
+        loop.close()

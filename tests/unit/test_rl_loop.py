@@ -1,0 +1,223 @@
+"""The colocated RL loop's pure parts (batching, loss pass, metrics) and `rl_run` end to end on a
+debug-sized model with a scripted engine: metrics rows, version stamps, checkpoint + resume, NaN stop."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from agentfactory.model import K2Config, K2ForCausalLM, load_tokenizer, train_tokenizer
+from agentfactory.model.tokenizer import save_tokenizer
+from agentfactory.rl.batch import TrainRow, collate_rows, group_batches, policy_update, reward_metrics
+from agentfactory.rl.config import EnvSpec, RLConfig
+from agentfactory.rl.loop import RLLoop, rl_run
+from agentfactory.rl.loss import LossConfig
+from agentfactory.train.trainer import TrainingDiverged
+from tests.unit.fakes import ScriptedEngine
+
+
+def _row(group: str, reward: float, n: int = 3, p: int = 4, version: int = 0, seed: int = 0) -> TrainRow:
+    rng = random.Random(seed)
+    return TrainRow(
+        prompt_ids=[rng.randrange(5, 60) for _ in range(p)],
+        response_ids=[rng.randrange(5, 60) for _ in range(n)],
+        logprobs=[-1.0] * n,
+        versions=[version] * n,
+        reward=reward,
+        group=group,
+        env="math",
+        components={"correct": reward},
+        metrics={"response_tokens": float(n)},
+    )
+
+
+def test_group_batches_keep_groups_whole():
+    rows = [_row(g, 0.0) for g in "aabbbcd"]
+    batches = list(group_batches(rows, 3))
+    assert [[r.group for r in b] for b in batches] == [["a", "a"], ["b", "b", "b"], ["c", "d"]]
+
+
+def test_collate_aligns_targets_and_masks():
+    r = _row("a", 1.0, n=3, p=4, version=2)
+    r.versions = [1, 2, 2]
+    t = collate_rows([r, _row("b", 0.0, n=1, p=2)], pad_id=0, version=2)
+    seq = r.prompt_ids + r.response_ids
+    assert t["ids"][0].tolist() == seq[:-1]
+    assert t["targets"][0].tolist() == seq[1:]
+    assert t["mask"][0].tolist() == [0, 0, 0, 1, 1, 1]  # targets 3..5 are the response
+    assert t["fresh"][0].tolist() == [0, 0, 0, 0, 1, 1]
+    assert t["mask"][1].tolist() == [0, 1, 0, 0, 0, 0]
+    assert t["group"].tolist() == [0, 1]
+
+
+def _tiny_model(vocab: int = 64) -> K2ForCausalLM:
+    torch.manual_seed(0)
+    cfg = K2Config.preset("debug", vocab_size=vocab, num_hidden_layers=2, first_k_dense_replace=1)
+    return K2ForCausalLM(cfg)
+
+
+def _grads(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_micro_batching_gives_the_full_batch_gradient():
+    rows = [_row(g, float(i % 2), seed=i) for i, g in enumerate("aabbccdd")]
+    cfg = LossConfig(tau=0.1, tis_cap=None)
+    full, split = _tiny_model(), _tiny_model()
+    policy_update(full, rows, cfg, pad_id=0, version=0, micro_batch_size=100)
+    policy_update(split, rows, cfg, pad_id=0, version=0, micro_batch_size=2)
+    torch.testing.assert_close(_grads(full), _grads(split), rtol=1e-4, atol=1e-6)
+
+
+def test_equal_rewards_give_no_gradient_and_mismatch_is_measured():
+    model = _tiny_model()
+    rows = [_row("a", 0.5, seed=i) for i in range(4)]
+    stats = policy_update(model, rows, LossConfig(tis_cap=None), pad_id=0, version=0, micro_batch_size=8)
+    assert float(_grads(model).abs().max()) == 0.0
+    # the engine claimed logprob -1.0 for every token; the model's own differ: mismatch > 0, all fresh
+    assert stats["mismatch/abs_mean"] > 0 and stats["tokens/stale"] == 0 and stats["tokens/train"] == 12
+
+
+def test_reward_metrics_by_env_and_component():
+    rows = [_row("a", 1.0), _row("a", 0.0), _row("b", 1.0)]
+    rows[2].env = "rg.chain_sum"
+    m = reward_metrics(rows)
+    assert m["reward/math"] == 0.5 and m["reward/rg.chain_sum"] == 1.0
+    assert m["component/correct"] == pytest.approx(2 / 3) and m["metric/response_tokens"] == 3.0
+
+
+# ---------------------------------------------------------------------------------- rl_run
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rl-loop")
+    rng = random.Random(0)
+    texts = [
+        f"Compute {rng.randint(1, 9)} + {rng.randint(1, 9)}. \\boxed{{{rng.randint(2, 18)}}}"
+        for _ in range(300)
+    ]
+    tok = train_tokenizer(texts, 400)
+    torch.manual_seed(0)
+    cfg = K2Config.preset("debug", vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=3)
+    K2ForCausalLM(cfg).save_pretrained(root / "model")
+    save_tokenizer(tok, root / "model")
+    return root / "model"
+
+
+def _config(model, out, **kw) -> RLConfig:
+    base = dict(
+        model=str(model),
+        envs=[EnvSpec(kind="math", config={"families": ["arithmetic"], "difficulty": 1})],
+        iterations=3,
+        prompts_per_iteration=3,
+        samples_per_prompt=2,
+        micro_batch_size=4,
+        critic={"enabled": False},
+        output_dir=str(out),
+        checkpoint_every=1,
+        progress=False,
+    )
+    return RLConfig(**{**base, **kw})
+
+
+def _engine():
+    def reply(request):
+        q = request.messages[-1].content if request.messages else ""
+        if "Compute" not in q:
+            return "\\boxed{0}"
+        expr = q.split("Compute ")[1].rstrip(".")
+        value = eval(expr)  # our own generated digits and operators
+        first = int(expr.split(" ")[0])
+        return f"\\boxed{{{value if first % 2 == 0 else value + 1}}}"
+
+    return ScriptedEngine(reply)
+
+
+def test_rl_run_metrics_versions_checkpoint_and_resume(tiny_checkpoint, tmp_path):
+    engine = _engine()
+    cfg = _config(tiny_checkpoint, tmp_path / "run", iterations=2)
+    result = rl_run(cfg, engine=engine)
+    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for key in ("reward/math", "component/correct", "time/rollout", "time/train", "time/sync", "kl",
+                "mismatch/abs_mean", "staleness/max", "clipped_heads", "tokens/generated"):  # fmt: skip
+        assert key in rows[0], key
+    # a shared engine got our weights first (version 1), then one push per iteration
+    assert engine.policy_version == 3 and rows[-1]["policy_version"] == 3
+    assert (result.model_dir / "config.json").exists() and (result.model_dir / "tokenizer.json").exists()
+    ckpt = json.loads((tmp_path / "run" / "checkpoint" / "trainer.json").read_text())
+    assert ckpt["iteration"] == 2 and ckpt["version"] == 3
+
+    # "kill" after iteration 2 and continue to 4: rows 1..4, weights continue from the checkpoint
+    before = K2ForCausalLM.from_pretrained(result.model_dir).state_dict()
+    resumed = RLLoop(_config(tiny_checkpoint, tmp_path / "run", iterations=4), _engine())
+    assert resumed.resume() and resumed.iteration == 2 and resumed.version == 3
+    for k, v in resumed.model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    result = rl_run(_config(tiny_checkpoint, tmp_path / "run", iterations=4), engine=_engine())
+    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    cfg = _config(tiny_checkpoint, tmp_path / "nan", iterations=3)
+    loop = RLLoop(cfg, _engine())
+    loop.resume()
+    loop.step()
+    loop.save()
+    saved = {k: v.clone() for k, v in loop.model.state_dict().items()}
+    import agentfactory.rl.loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "policy_update", lambda *a, **k: {"loss": float("nan")})
+    with pytest.raises(TrainingDiverged, match=r"last good checkpoint.*iteration 1"):
+        loop.step()
+    for k, v in loop.model.state_dict().items():  # no update was applied
+        torch.testing.assert_close(v, saved[k])
+
+
+class PieceEngine(ScriptedEngine):
+    """Answers a prompt with 1 or `length` copies of `token` ("x"), honouring max_tokens: the tokens
+    already generated are the trailing `token`s of a continued prompt, so a resumed rollout picks up
+    there (the tokenizer's last merge, "Compute": no chat prompt ends with it)."""
+
+    def __init__(self, token: int, length: int = 3):
+        super().__init__(lambda r: "")
+        self.token, self.length = token, length
+
+    def generate(self, requests):
+        from agentfactory.llm.base import Completion
+
+        out = []
+        for r in requests:
+            done = 0
+            for t in reversed(r.prompt_ids):
+                if t != self.token:
+                    break
+                done += 1
+            prompt = r.prompt_ids[: len(r.prompt_ids) - done]
+            length = self.length if sum(prompt) % 2 else 1  # a long tail: some prompts need 1 token
+            n = min(r.params.max_tokens, length - done)
+            finish = "stop" if done + n >= length else "length"
+            c = Completion(text="x" * n, token_ids=[self.token] * n, logprobs=[-0.5] * n, finish_reason=finish,
+                           policy_version=self.policy_version)  # fmt: skip
+            out.append([c] * r.params.n)
+        return out
+
+
+def test_partial_rollouts_carry_long_responses(tiny_checkpoint, tmp_path):
+    """With 1-token segments a 3-token response needs 3 iterations: its group carries over while
+    1-token groups train and bump the version, so its tokens come from several versions."""
+    cfg = _config(
+        tiny_checkpoint,
+        tmp_path / "partial",
+        iterations=4,
+        rollout={"segment_tokens": 1, "iteration_tokens": 64, "max_staleness": 8},
+    )
+    result = rl_run(cfg, engine=PieceEngine(len(load_tokenizer(tiny_checkpoint)) - 1))
+    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert all(r["rollouts/carried"] + r["rows"] > 0 for r in rows)
+    assert any(r["rollouts/carried"] > 0 for r in rows) and any(r["rollouts/resumed"] > 0 for r in rows)
+    assert 0 < max(r["staleness/max"] for r in rows) <= 8
+    assert max(r["tokens/stale"] for r in rows if "tokens/stale" in r) > 0
