@@ -257,6 +257,17 @@ def test_resume_gives_the_same_losses(corpus, tmp_path):
     assert _losses(resumed.metrics_path) == _losses(straight.metrics_path)  # exactly equal, 6 rows
 
 
+def test_resume_refuses_other_data_and_resume_false_starts_afresh(corpus, tmp_path):
+    pretrain(_pretrain_config(corpus, tmp_path / "run", steps=2))
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": " ".join(WORDS[i:] + WORDS[:i])}) + "\n" for i in range(40)))
+    changed = {"paths": [str(other)], "seq_len": 48}
+    with pytest.raises(DataError, match="different data"):
+        pretrain(_pretrain_config(corpus, tmp_path / "run", steps=3, data=changed))
+    fresh = pretrain(_pretrain_config(corpus, tmp_path / "run", steps=3, data=changed, resume=False))
+    assert [json.loads(line)["step"] for line in fresh.metrics_path.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
     # Newton–Schulz in float32 here: in bf16, the ~1e-7 differences of another summation order can flip
     # roundings of the bf16 input, which moves the loss by up to a few 1e-4 within a few steps.
