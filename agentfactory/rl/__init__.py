@@ -1,7 +1,7 @@
-"""RL post-training (DESIGN §9): envs, reward functions, the self-critique critic, the K1.5 loss and
-the partial-rollout buffer. The colocated train/rollout loop builds on these.
+"""RL post-training (DESIGN §9): envs, reward functions, the self-critique critic, the K1.5 loss,
+the partial-rollout buffer and the colocated train/rollout loop (`rl_run(RLConfig)`).
 
-`loss` needs torch and is resolved lazily, so `import agentfactory.rl` stays light.
+`loss`, `config` and `loop` need torch and are resolved lazily, so `import agentfactory.rl` stays light.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,8 @@ from agentfactory.rl.rewards import RewardFn, Sample, TokenBudget, reward, score
 from agentfactory.rl.sandbox import SandboxConfig, SandboxResult, run_in_sandbox
 
 if TYPE_CHECKING:
+    from agentfactory.rl.config import EnvSpec, RLConfig
+    from agentfactory.rl.loop import RLLoop, RLResult, rl_run
     from agentfactory.rl.loss import LossConfig, TemperatureSchedule, k1p5_loss, ptx_loss
 
 __all__ = [
@@ -38,11 +40,15 @@ __all__ = [
     "CriticRubric",
     "Env",
     "EnvMixture",
+    "EnvSpec",
     "EnvTask",
     "LossConfig",
     "MathEnv",
     "PartialRolloutBuffer",
     "PartialRolloutConfig",
+    "RLConfig",
+    "RLLoop",
+    "RLResult",
     "ReasoningGymEnv",
     "RewardFn",
     "Rollout",
@@ -59,13 +65,16 @@ __all__ = [
     "load_rubrics",
     "ptx_loss",
     "reward",
+    "rl_run",
     "run_in_sandbox",
     "score",
     "validate_rubrics",
 ]
 
 _LAZY = {
-    name: "agentfactory.rl.loss" for name in ("LossConfig", "TemperatureSchedule", "k1p5_loss", "ptx_loss")
+    **{n: "agentfactory.rl.loss" for n in ("LossConfig", "TemperatureSchedule", "k1p5_loss", "ptx_loss")},
+    **{n: "agentfactory.rl.config" for n in ("EnvSpec", "RLConfig")},
+    **{n: "agentfactory.rl.loop" for n in ("RLLoop", "RLResult", "rl_run")},
 }
 
 

@@ -221,3 +221,44 @@ def test_partial_rollouts_carry_long_responses(tiny_checkpoint, tmp_path):
     assert any(r["rollouts/carried"] > 0 for r in rows) and any(r["rollouts/resumed"] > 0 for r in rows)
     assert 0 < max(r["staleness/max"] for r in rows) <= 8
     assert max(r["tokens/stale"] for r in rows if "tokens/stale" in r) > 0
+
+
+def test_pipeline_config_loads_and_rejects_what_the_loop_cannot_run():
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from agentfactory.config import load_config
+
+    root = Path(__file__).parents[2]
+    cfg = load_config(root / "pipelines" / "rl.yaml", RLConfig)
+    assert {e.kind for e in cfg.envs} == {"math", "reasoning_gym", "rubric"} and cfg.rollout.enabled
+    with pytest.raises(ValidationError, match="multi-turn"):
+        RLConfig(model="m", envs=[EnvSpec(kind="tool_use")])
+    with pytest.raises(ValidationError, match="critic"):
+        RLConfig(model="m", envs=[EnvSpec(kind="rubric")], critic={"enabled": False})
+    with pytest.raises(ValidationError, match="ptx"):
+        RLConfig(model="m", envs=[EnvSpec(kind="math")], loss={"ptx_weight": 0.1})
+    from agentfactory import rl
+
+    assert rl.rl_run is rl_run and rl.RLConfig is RLConfig
+
+
+def test_ptx_term_is_mixed_in(tiny_checkpoint, tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": f"Compute {i} + 1."}, {"role": "assistant", "content": f"\\boxed{{{i + 1}}}"}]}
+        for i in range(6)
+    ]  # fmt: skip
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _config(
+        tiny_checkpoint,
+        tmp_path / "ptx",
+        ptx={"paths": [str(tmp_path / "sft.jsonl")], "seq_len": 64},
+        ptx_batch_size=4,
+        loss={"ptx_weight": 0.5},
+    )
+    loop = RLLoop(cfg, _engine())
+    loop.resume()
+    row = loop.step()
+    assert row["ptx_loss"] > 0 and row["loss"] == pytest.approx(row["rl_loss"] + 0.5 * row["ptx_loss"])
+    assert loop.ptx_seen == 4
