@@ -10,7 +10,11 @@
   an `error`, not a crash; anything vLLM rejects becomes an "error" completion.
 - `update_weights(state_dict | path, version)` loads new weights into the running engine in place
   (vllm_worker.py: `reload_weights` + the CPU MoE repack), converting our state dict to checkpoint
-  names with the model package's HF adapter; the version tags every later completion.
+  names with the model package's HF adapter; the version tags every later completion. Updates up
+  to 8 MiB travel as a safetensors blob through vLLM's RPC, larger ones as a file in /dev/shm, and
+  in-process engines (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) take the tensors by reference.
+- On CPU, vLLM's C++ rotary-embedding op is switched off (`_native_rope`): in eager mode it
+  mis-rotates MLA's 3-D queries (logprobs off by up to 0.15); the torch-native op is exact.
 - `sleep()` / `wake_up()` free and restore accelerator memory on GPU; on CPU they are logged no-ops.
 
 vLLM is imported only here (and in vllm_worker.py, inside vLLM's worker), so `import agentfactory.llm`
