@@ -210,7 +210,7 @@ def synthesize_tools(
 
         started = not ray.is_initialized()
         if started:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
         @ray.remote(num_cpus=1)
         class Worker:
