@@ -39,7 +39,8 @@ def build_checkpoint(path: Path) -> None:
     texts = [" ".join(rng.choice(words) for _ in range(12)) + f" {rng.randint(0, 999)}" for _ in range(2000)]
     tok = train_tokenizer(texts, 512)
     torch.manual_seed(0)
-    cfg = K2Config.preset("k2-mini", vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=3)
+    special = dict(vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=3)
+    cfg = K2Config.preset("k2-mini", num_hidden_layers=2, **special)  # 1 dense + 1 MoE: a light trainer
     K2ForCausalLM(cfg).save_pretrained(path)
     save_tokenizer(tok, path)
 
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--long-tokens", type=int, default=384)
     ap.add_argument("--long-weight", type=float, default=0.15)
     ap.add_argument("--segment", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="trainer threads (1 on a shared 2-core box)")
     args = ap.parse_args()
 
     import torch
@@ -60,7 +62,7 @@ def main() -> None:
     from agentfactory.rl.config import EnvSpec, RLConfig
     from agentfactory.rl.loop import rl_run
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="af-partial-"))
     build_checkpoint(work / "model")
     engine = VLLMEngine(
@@ -93,6 +95,7 @@ def main() -> None:
                 save_model=False,
                 progress=False,
                 resume=False,
+                threads=args.threads,
             )
             engine.update_weights(work / "model", engine.policy_version + 1)  # same start for both
             t0 = time.perf_counter()
@@ -110,7 +113,10 @@ def main() -> None:
                 "loop_seconds": loop_s,
                 "wall_seconds": wall,
                 "responses_per_s": trained / loop_s,
+                "rollout_responses_per_s": trained / split["rollout"],
                 "trained_tokens_per_s": sum(r.get("tokens/train", 0) for r in rows) / loop_s,
+                # generated tokens count the work on responses still in flight at the end
+                "generated_tokens_per_s": sum(r["tokens/generated"] for r in rows) / loop_s,
                 "seconds_per_iteration": loop_s / len(rows),
                 "time_split": split,
                 "per_iteration": [
@@ -127,6 +133,8 @@ def main() -> None:
     w, wo = results["with"], results["without"]
     summary = {
         "speedup_responses_per_s": w["responses_per_s"] / wo["responses_per_s"],
+        "speedup_rollout_phase": w["rollout_responses_per_s"] / wo["rollout_responses_per_s"],
+        "speedup_generated_tokens_per_s": w["generated_tokens_per_s"] / wo["generated_tokens_per_s"],
         "speedup_trained_tokens_per_s": w["trained_tokens_per_s"] / wo["trained_tokens_per_s"],
         "speedup_seconds_per_iteration": wo["seconds_per_iteration"] / w["seconds_per_iteration"],
         "goal": 1.5,

@@ -42,12 +42,15 @@ class TrainRow:
 
 
 def group_batches(rows: Sequence[TrainRow], max_rows: int) -> Iterator[list[TrainRow]]:
-    """Micro-batches of whole groups, about `max_rows` rows each (one group may exceed it alone)."""
+    """Micro-batches of whole groups, about `max_rows` rows each (one group may exceed it alone).
+    Groups go in order of their longest row, so short responses are not padded to a long tail's length."""
     groups: dict[str, list[TrainRow]] = {}
     for r in rows:
         groups.setdefault(r.group, []).append(r)
     batch: list[TrainRow] = []
-    for members in groups.values():
+    for members in sorted(
+        groups.values(), key=lambda g: max(len(r.prompt_ids) + len(r.response_ids) for r in g)
+    ):
         if batch and len(batch) + len(members) > max_rows:
             yield batch
             batch = []
