@@ -46,9 +46,10 @@ def test_config_show_applies_overrides(tmp_path):
 
 
 def test_run_writes_outputs(tmp_path):
-    r = runner.invoke(
-        app, ["run", "pipelines/quickstart.yaml", "--set", f"output_dir={tmp_path}", "--set", "synth=null"]
-    )
+    stages = [
+        x for s in ("synth", "corpus", "tokenizer", "pretrain", "sft", "eval") for x in ("--set", f"{s}=null")
+    ]
+    r = runner.invoke(app, ["run", "pipelines/quickstart.yaml", "--set", f"output_dir={tmp_path}", *stages])
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "quickstart" / "summary.json").read_text())
     assert "retail_orders" in [d["name"] for d in summary["domains"]["domains"]]
