@@ -1,17 +1,18 @@
 """Proof that the colocated RL loop learns: held-out accuracy of a small model, before and during RL.
 
-  1. a K2 model of k2-mini's shapes (fewer layers; vocab from a tokenizer trained here) gets a
-     short SFT on MathEnv problems answered as `\\boxed{answer}`, stopped early so that held-out
-     greedy accuracy starts between 10% and 60%;
-  2. `rl_run` trains it with the K1.5 loss on the same family (different problems, K samples per
-     prompt, temperature decay) for `--rl-minutes` of wall time;
+  1. a K2 model of k2-mini's shapes (2 layers; vocab from a tokenizer trained here) gets a short
+     SFT on the task (default: reasoning-gym chain_sum, two single-digit terms, answered as
+     `<answer>n</answer>`; or a MathEnv family, answered as `\\boxed{n}`), stopped as soon as a
+     greedy probe reaches `--start-accuracy`, so that held-out accuracy starts in the 10-60% band;
+  2. `rl_run` trains it with the K1.5 loss on the task's RL split (K samples per prompt,
+     temperature decay) for `--rl-minutes` of wall time;
   3. every `--eval-every` iterations the engine (already holding the pushed weights) answers
      `--eval-n` held-out problems greedily; evaluation time is excluded from the RL time budget.
 
 Writes `<out>/rl_learning.json` (curve, start/best/final accuracy, gain in points, RL seconds) and
 `<out>/rl_learning.png`. Takes ~15 minutes on 2 CPU cores.
 
-    python bench/rl_learning.py [--out bench/results] [--family percent] [--rl-minutes 10]
+    python bench/rl_learning.py [--out bench/results] [--task rg:chain_sum] [--rl-minutes 10]
 """
 
 from __future__ import annotations
@@ -27,16 +28,42 @@ class TimeUp(Exception):
     pass
 
 
-def sft_data(path: Path, family: str, n: int) -> list[str]:
-    """n SFT conversations (problems 10^6 + i: disjoint from the RL and held-out index ranges)."""
-    from agentfactory.rl.envs import MathEnv, MathEnvConfig
+# reasoning-gym chain_sum with two single-digit terms (+/-): small enough for a tiny model to learn
+RG_CONFIG = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 
-    env = MathEnv(MathEnvConfig(families=[family], size=10**7))
+
+def env_spec(task: str, split: str) -> dict:
+    """(kind, config) of the env for `task` ("rg:<dataset>" or a MathEnv family) and a data split:
+    each split is generated from its own seed (reasoning-gym) or index range (MathEnv)."""
+    if task.startswith("rg:"):
+        seed = {"rl": 0, "heldout": 1, "sft": 2}[split]
+        config = {"dataset": task[3:], "size": 10_000, "seed": seed, "system_prompt": "direct"}
+        return {"kind": "reasoning_gym", "config": {**config, "dataset_config": RG_CONFIG}}
+    return {"kind": "math", "config": {"families": [task], "size": 5000 if split == "rl" else 10**7}}
+
+
+def make_env(task: str, split: str):
+    from agentfactory.rl.config import EnvSpec, build_env
+
+    return build_env(EnvSpec(**env_spec(task, split)))
+
+
+def first_seed(task: str, split: str) -> int:
+    """MathEnv splits are index ranges (RL draws 0..4999); reasoning-gym splits are dataset seeds."""
+    if task.startswith("rg:"):
+        return 0
+    return {"rl": 0, "heldout": 5_000_000, "sft": 1_000_000}[split]
+
+
+def sft_data(path: Path, task: str, n: int) -> list[str]:
+    """n SFT conversations from the SFT split, answered in the env's answer format."""
+    env = make_env(task, "sft")
     texts, rows = [], []
     for i in range(n):
-        task = env.reset(10**6 + i)
-        messages = [m.to_openai() for m in task.prompt]
-        messages.append({"role": "assistant", "content": f"\\boxed{{{task.answer}}}"})
+        t = env.reset(first_seed(task, "sft") + i)
+        messages = [m.to_openai() for m in t.prompt]
+        answer = f"<answer>{t.answer}</answer>" if task.startswith("rg:") else f"\\boxed{{{t.answer}}}"
+        messages.append({"role": "assistant", "content": answer})
         rows.append(json.dumps({"messages": messages}))
         texts += [m["content"] for m in messages]
     path.write_text("\n".join(rows) + "\n")
@@ -90,10 +117,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--work", type=Path, default=None, help="scratch dir (default: a temp dir)")
-    ap.add_argument("--family", default="percent")
+    ap.add_argument("--task", default="rg:chain_sum", help="rg:<reasoning-gym dataset> or a MathEnv family")
     ap.add_argument("--sft-rows", type=int, default=4000)
     ap.add_argument("--sft-steps", type=int, default=300, help="at most; stops at --start-accuracy")
     ap.add_argument("--sft-chunk", type=int, default=20)
+    ap.add_argument("--sft-lr", type=float, default=0.005, help="Muon lr of the SFT (AdamW: lr/5)")
     ap.add_argument("--start-accuracy", type=float, default=0.15)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--rl-minutes", type=float, default=10.0)
@@ -115,7 +143,6 @@ def main() -> None:
     from agentfactory.llm import VLLMEngine
     from agentfactory.model import train_tokenizer
     from agentfactory.rl.config import EnvSpec, RLConfig
-    from agentfactory.rl.envs import MathEnv, MathEnvConfig
     from agentfactory.rl.loop import rl_run
     from agentfactory.train import SFTConfig, sft
 
@@ -125,7 +152,7 @@ def main() -> None:
     t_start = time.perf_counter()
 
     # 1. short SFT from scratch
-    texts = sft_data(work / "sft.jsonl", args.family, args.sft_rows)
+    texts = sft_data(work / "sft.jsonl", args.task, args.sft_rows)
     train_tokenizer(texts, 512, work / "tok")
     sft_cfg = SFTConfig(
         model={"preset": "k2-mini", "overrides": {"num_hidden_layers": args.layers}},
@@ -134,13 +161,14 @@ def main() -> None:
         steps=args.sft_steps,
         batch_size=32,
         micro_batch_size=32,
+        optimizer={"lr": args.sft_lr, "adamw_lr": args.sft_lr / 5},
         schedule={"kind": "constant", "warmup_steps": 10},
         output_dir=str(work / "sft"),
         checkpoint_every=args.sft_chunk,
         threads=args.threads,
     )
-    heldout = MathEnv(MathEnvConfig(families=[args.family], size=10**7))
-    seeds = range(5_000_000, 5_000_000 + args.eval_n)  # RL draws problems 0..4999
+    heldout = make_env(args.task, "heldout")
+    seeds = range(first_seed(args.task, "heldout"), first_seed(args.task, "heldout") + args.eval_n)
     model_dir = work / "sft" / "model"
     steps = 0
     while steps < args.sft_steps:  # stop the SFT early once greedy accuracy reaches the start band
@@ -158,11 +186,11 @@ def main() -> None:
     print(f"SFT ({t_sft:.0f} s): held-out accuracy {curve[0]['accuracy']:.3f}", flush=True)
     rl_cfg = RLConfig(
         model=str(model_dir),
-        envs=[EnvSpec(kind="math", config={"families": [args.family], "size": 5000})],
+        envs=[EnvSpec(**env_spec(args.task, "rl"))],
         iterations=10_000,
         prompts_per_iteration=args.prompts,
         samples_per_prompt=args.samples,
-        budgets={"budgets": {"math": 16}},
+        budgets={"budgets": {"math": 16, "reasoning": 16}},
         rollout={"segment_tokens": 16, "iteration_tokens": 1 << 16},
         temperature={"start": 1.0, "end": 0.7, "steps": 60},
         loss={"tau": 0.05},
@@ -178,16 +206,18 @@ def main() -> None:
     clock = {"eval": 0.0, "t0": time.perf_counter()}
     rewards: list[dict] = []
 
+    key = f"reward/{heldout.name}"
+
     def on_iteration(loop, row) -> None:
         rl_s = time.perf_counter() - clock["t0"] - clock["eval"]
-        rewards.append({"iteration": row["iteration"], "rl_seconds": rl_s, "reward": row.get("reward/math")})
+        rewards.append({"iteration": row["iteration"], "rl_seconds": rl_s, "reward": row.get(key)})
         if row["iteration"] % args.eval_every == 0 or rl_s >= args.rl_minutes * 60:
             t = time.perf_counter()
             acc = accuracy(loop.engine, heldout, seeds)
             clock["eval"] += time.perf_counter() - t
             curve.append({"iteration": row["iteration"], "rl_seconds": rl_s, "accuracy": acc})
             print(
-                f"iter {row['iteration']:4d}  {rl_s:6.0f} s  reward {row.get('reward/math', 0):.3f}  held-out {acc:.3f}",
+                f"iter {row['iteration']:4d}  {rl_s:6.0f} s  reward {row.get(key, 0):.3f}  held-out {acc:.3f}",
                 flush=True,
             )
         if rl_s >= args.rl_minutes * 60:
@@ -201,7 +231,7 @@ def main() -> None:
         engine.close()
     start, best, final = curve[0]["accuracy"], max(c["accuracy"] for c in curve), curve[-1]["accuracy"]
     result = {
-        "family": args.family,
+        "task": args.task,
         "eval_n": args.eval_n,
         "sft_steps": steps,
         "sft_seconds": t_sft,
@@ -236,7 +266,7 @@ def plot(result: dict, path: Path) -> None:
     )
     ax.set_xlabel("RL wall time (min, 2 CPU cores)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"RL on MathEnv/{result['family']}: {result['gain_points']:+.1f} points")
+    ax.set_title(f"RL on {result['task']}: {result['gain_points']:+.1f} points")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

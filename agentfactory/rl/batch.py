@@ -136,10 +136,11 @@ def policy_update(
     from contextlib import nullcontext
 
     n_groups = len({r.group for r in rows})
+    device = next(model.parameters()).device
     totals: dict[str, float] = {}
     rl_loss_sum, ptx_sum = 0.0, 0.0
     for mb in group_batches(rows, micro_batch_size):
-        t = collate_rows(mb, pad_id, version)
+        t = {k: v.to(device) for k, v in collate_rows(mb, pad_id, version).items()}
         with autocast() if autocast else nullcontext():
             logits = model(t["ids"]).logits  # (B, T, V)
         logp = torch.log_softmax(logits.float(), -1).gather(-1, t["targets"].unsqueeze(-1)).squeeze(-1)
@@ -155,6 +156,7 @@ def policy_update(
         for k, v in mismatch_stats(logp, t["behavior"], t["mask"], t["fresh"]).items():
             totals[k] = max(totals.get(k, 0.0), v) if k == "fresh_max" else totals.get(k, 0.0) + v
     for ids, labels in ptx_batches:
+        ids, labels = ids.to(device), labels.to(device)
         with autocast() if autocast else nullcontext():
             logits = model(ids[:, :-1]).logits
         labels = labels[:, 1:]

@@ -74,12 +74,19 @@ class RLLoop:
         self.tokenizer = load_tokenizer(config.tokenizer or config.model)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        self.model = K2ForCausalLM.from_pretrained(config.model)
+        self.device = torch.device(
+            "cuda"
+            if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+            else "cpu"
+        )
+        self.model = K2ForCausalLM.from_pretrained(config.model, device=self.device)
         self.model.train()
         self.model.set_track_max_logits(True)
         self.opt = build_optimizer(self.model, config.optimizer)
         self.autocast = (
-            (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if config.dtype == "bfloat16" else None
+            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16))
+            if config.dtype == "bfloat16"
+            else None
         )
         self.owns_engine = engine is None
         self.engine = engine if engine is not None else self._start_engine()
@@ -325,8 +332,8 @@ class RLLoop:
                 self.sync()
             return False
         state = json.loads((path / "trainer.json").read_text())
-        self.model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-        self.opt.load_state_dict(torch.load(path / "optim.pt", map_location="cpu", weights_only=False))
+        self.model.load_state_dict(torch.load(path / "model.pt", map_location=self.device, weights_only=True))
+        self.opt.load_state_dict(torch.load(path / "optim.pt", map_location=self.device, weights_only=False))
         rng = torch.load(path / "rng.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
