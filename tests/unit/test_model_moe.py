@@ -112,7 +112,7 @@ def test_aux_loss_free_balancing_reduces_skew():
     torch.manual_seed(0)
     model = K2ForCausalLM(K2Config.preset("debug", n_group=1, topk_group=1, num_hidden_layers=2))
     moe = model.layers[1].mlp
-    x_BSD = torch.randn(4, 64, model.config.hidden_size)
+    x_BSD = torch.randn(2, 32, model.config.hidden_size)
     x_BSD[..., 0] = 4.0  # a feature every token shares ...
     with torch.no_grad():  # ... that makes experts 0 and 1 attract almost every token
         moe.gate.weight.normal_(0, 0.1)
@@ -124,10 +124,10 @@ def test_aux_loss_free_balancing_reduces_skew():
         return (counts_E.max() / counts_E.float().mean()).item()
 
     before = imbalance()
-    for _ in range(400):
+    for _ in range(150):
         with torch.no_grad():
             moe.tokens_per_expert += moe(x_BSD)[1]
-        update_router_bias(model, gamma=1e-3)
+        update_router_bias(model, gamma=3e-3)
     after = imbalance()
     print(f"max/mean expert load: {before:.2f} -> {after:.2f}")
     assert before > 3.0 and after < 1.3
