@@ -49,6 +49,10 @@ train_app = typer.Typer(
     help="Pretrain or SFT a K2 model with MuonClip (exact resume, metrics.jsonl).", no_args_is_help=True
 )
 app.add_typer(train_app, name="train")
+rl_app = typer.Typer(
+    help="RL post-training: colocated trainer + vLLM, K1.5 loss, partial rollouts.", no_args_is_help=True
+)
+app.add_typer(rl_app, name="rl")
 app.add_typer(model_app, name="model")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(domains_app, name="domains")
@@ -527,6 +531,32 @@ def train_sft(
 ) -> None:
     """Supervised fine-tuning on chat data (loss on assistant turns, tool calls included)."""
     _train("sft", config, overrides)
+
+
+@rl_app.command("run")
+def rl_run_cmd(
+    config: Annotated[Path, typer.Argument(help="an RLConfig YAML, e.g. pipelines/rl.yaml")],
+    overrides: Overrides = None,
+) -> None:
+    """Colocated RL from an SFT checkpoint; resumes from <output_dir>/checkpoint; NaN stops cleanly."""
+    from agentfactory.rl.config import RLConfig
+    from agentfactory.rl.loop import rl_run
+    from agentfactory.train import TrainingDiverged
+
+    try:
+        cfg = load_config(config, RLConfig, overrides or [])
+    except ConfigError as e:
+        _fail(e)
+    try:
+        result = rl_run(cfg, console=out)
+    except (TrainingDiverged, ValueError, FileNotFoundError) as e:
+        err.print(f"rl failed: {e}", markup=False)
+        raise typer.Exit(1) from None
+    reward = f"{result.final_reward:.3f}" if result.final_reward is not None else "n/a"
+    out.print(
+        f"rl: {result.iterations} iterations, policy v{result.policy_version}, last reward {reward}; model in {result.model_dir}",
+        highlight=False,
+    )
 
 
 @config_app.command("show")

@@ -112,3 +112,12 @@ def test_train_sft_cli_reports_bad_config(tmp_path):
     cfg.write_text("model: {preset: debug}\ntokenizer: /nonexistent\ndata: {paths: [x.jsonl]}\nstepz: 3\n")
     r = runner.invoke(app, ["train", "sft", str(cfg)])
     assert r.exit_code == 1 and "unknown key 'stepz'" in r.stderr
+
+
+def test_rl_run_reports_bad_config(tmp_path):
+    cfg = tmp_path / "rl.yaml"
+    cfg.write_text("model: /nonexistent\niterationz: 3\n")
+    r = runner.invoke(app, ["rl", "run", str(cfg)])
+    assert r.exit_code == 1 and "unknown key 'iterationz'" in r.stderr
+    r = runner.invoke(app, ["rl", "run", "pipelines/rl.yaml", "--set", "model=/nonexistent/model"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
