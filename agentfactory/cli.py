@@ -549,7 +549,7 @@ def rl_run_cmd(
         _fail(e)
     try:
         result = rl_run(cfg, console=out)
-    except (TrainingDiverged, ValueError, FileNotFoundError) as e:
+    except (TrainingDiverged, ValueError, OSError) as e:  # OSError: a model path that is not a checkpoint
         err.print(f"rl failed: {e}", markup=False)
         raise typer.Exit(1) from None
     reward = f"{result.final_reward:.3f}" if result.final_reward is not None else "n/a"
