@@ -547,6 +547,12 @@ def rl_run_cmd(
         cfg = load_config(config, RLConfig, overrides or [])
     except ConfigError as e:
         _fail(e)
+    if not Path(cfg.model).is_dir():
+        err.print(
+            f"rl failed: model {cfg.model} is not a checkpoint directory (e.g. an SFT run's model/)",
+            markup=False,
+        )
+        raise typer.Exit(1)
     try:
         result = rl_run(cfg, console=out)
     except (TrainingDiverged, ValueError, OSError) as e:  # OSError: a model path that is not a checkpoint
