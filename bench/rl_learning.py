@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--lr", type=float, default=5e-4, help="RL Muon lr (4e-3 collapsed the policy)")
     ap.add_argument(
         "--threads",
         type=int,

@@ -18,11 +18,10 @@ from pydantic import Field
 
 from agentfactory.config import StrictModel
 from agentfactory.llm.base import Engine, SamplingParams
-from agentfactory.records import Message, Task
-from agentfactory.synth.agents import Agent, AgentSampling, OracleAgent, PolicyAgent, sample_agent
-from agentfactory.synth.episode import EpisodeLimits, EpisodeState, run_episodes
+from agentfactory.records import Task
+from agentfactory.synth.agents import Agent, AgentSampling, OracleAgent, PolicyAgent
+from agentfactory.synth.episode import EpisodeLimits, run_episodes, start_episode
 from agentfactory.synth.judge import Judge, JudgeConfig
-from agentfactory.synth.toolexec import ToolExecConfig, ToolExecutor
 from agentfactory.synth.users import ScriptedUser
 from agentfactory.tools import domain_files, load_domain
 from agentfactory.tools.tasks import sample_tasks
@@ -61,23 +60,12 @@ def evaluate(agent: Agent, config: EvalConfig, tasks: list[Task] | None = None) 
     judge = Judge(JudgeConfig(threshold=1.0))
     results = []
     for start in range(0, len(tasks), config.batch_size):
-        states = []
-        for task in tasks[start : start + config.batch_size]:
-            rng = random.Random(f"eval:{config.seed}:{task.id}")
-            # No distractors from other domains: evaluation measures the skill, not the tool mix.
-            spec = sample_agent(task, domains, AgentSampling(distractor_fraction=1.0, cross_domain=0.0), rng)
-            tools = ToolExecutor(
-                [domains[task.domain]], task.meta["world_seed"], task.initial_state, ToolExecConfig(), rng
-            )
-            states.append(
-                EpisodeState(
-                    task=task,
-                    agent=spec,
-                    tools=tools,
-                    rng=rng,
-                    messages=[Message(role="system", content=spec.system_prompt)],
-                )
-            )
+        # Only the task's own domain, all its tools: evaluation measures the skill, not the tool mix.
+        sampling = AgentSampling(distractor_fraction=1.0, cross_domain=0.0)
+        states = [
+            start_episode(task, domains, sampling, random.Random(f"eval:{config.seed}:{task.id}"))
+            for task in tasks[start : start + config.batch_size]
+        ]
         trajs = run_episodes(states, agent, ScriptedUser(), config.limits)
         for state, traj in zip(states, trajs, strict=True):
             verdict = judge.judge(state.task, traj, state.tools.state, state.rng)

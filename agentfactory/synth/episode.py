@@ -16,8 +16,8 @@ from pydantic import Field
 
 from agentfactory.config import StrictModel
 from agentfactory.records import Message, RolloutStatus, Task, Trajectory
-from agentfactory.synth.agents import Agent, AgentSpec
-from agentfactory.synth.toolexec import ToolExecutor
+from agentfactory.synth.agents import Agent, AgentSampling, AgentSpec, sample_agent
+from agentfactory.synth.toolexec import ToolExecConfig, ToolExecutor
 from agentfactory.synth.users import STOP, UserSimulator
 
 
@@ -48,6 +48,29 @@ class EpisodeState:
     @property
     def done(self) -> bool:
         return self.status is not None
+
+
+def start_episode(
+    task: Task,
+    domains: dict[str, Any],
+    sampling: AgentSampling,
+    rng: random.Random,
+    tools: ToolExecConfig | None = None,
+    simulator: Any = None,
+    attempt: int = 0,
+) -> EpisodeState:
+    """A new episode for `task`: an agent drawn for it, its tools over the task's world, the system turn."""
+    spec = sample_agent(task, domains, sampling, rng)
+    executor = ToolExecutor(
+        [domains[n] for n in spec.domains],
+        task.meta["world_seed"],
+        task.initial_state,
+        tools or ToolExecConfig(),
+        random.Random(rng.randrange(2**63)),
+        simulator,
+    )
+    system = Message(role="system", content=spec.system_prompt)
+    return EpisodeState(task=task, agent=spec, tools=executor, rng=rng, messages=[system], attempt=attempt)
 
 
 def _run_tools(ep: EpisodeState, message: Message, limits: EpisodeLimits) -> None:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from agentfactory.llm.base import Engine
 from agentfactory.llm.config import EngineConfig, build_engine
-from agentfactory.records import Message, Task, Trajectory
-from agentfactory.synth.agents import Agent, OracleAgent, PolicyAgent, sample_agent
+from agentfactory.records import Task, Trajectory
+from agentfactory.synth.agents import Agent, OracleAgent, PolicyAgent
 from agentfactory.synth.config import SynthConfig
-from agentfactory.synth.episode import EpisodeState, run_episodes
+from agentfactory.synth.episode import run_episodes, start_episode
 from agentfactory.synth.judge import Judge, reward_of
 from agentfactory.synth.store import record_id
-from agentfactory.synth.toolexec import LLMToolSimulator, ToolExecutor
+from agentfactory.synth.toolexec import LLMToolSimulator
 from agentfactory.synth.users import LLMUser, ScriptedUser, UserSimulator
 from agentfactory.tools import load_domain
 
@@ -53,22 +53,18 @@ class EpisodeWorker:
         return self._engines[key]
 
     def run(self, batch: list[tuple[Task, int]]) -> list[Trajectory]:
-        states = []
-        for task, attempt in batch:
-            rng = random.Random(f"{self.config.seed}:{task.id}:{attempt}")
-            spec = sample_agent(task, self.domains, self.config.agents, rng)
-            tools = ToolExecutor(
-                [self.domains[n] for n in spec.domains],
-                task.meta["world_seed"],
-                task.initial_state,
+        states = [
+            start_episode(
+                task,
+                self.domains,
+                self.config.agents,
+                random.Random(f"{self.config.seed}:{task.id}:{attempt}"),
                 self.config.tools,
-                random.Random(rng.randrange(2**63)),
                 self.simulator,
+                attempt,
             )
-            system = Message(role="system", content=spec.system_prompt)
-            states.append(
-                EpisodeState(task=task, agent=spec, tools=tools, rng=rng, messages=[system], attempt=attempt)
-            )
+            for task, attempt in batch
+        ]
         trajectories = run_episodes(states, self.agent, self.user, self.config.limits)
         verdicts = self.judge.judge_many(
             [

@@ -6,12 +6,11 @@ from collections import Counter
 
 from agentfactory.llm.base import SamplingParams
 from agentfactory.records import Message, RolloutStatus
-from agentfactory.synth.agents import AgentSampling, PolicyAgent, sample_agent
+from agentfactory.synth.agents import AgentSampling, PolicyAgent
 from agentfactory.synth.config import SynthConfig
-from agentfactory.synth.episode import EpisodeLimits, EpisodeState, run_episodes
+from agentfactory.synth.episode import EpisodeLimits, run_episodes, start_episode
 from agentfactory.synth.judge import Judge
 from agentfactory.synth.pipeline import domain_paths, make_tasks
-from agentfactory.synth.toolexec import ToolExecConfig, ToolExecutor
 from agentfactory.synth.users import ScriptedUser
 from agentfactory.tools import find_domain
 
@@ -20,24 +19,18 @@ def test_random_policy_episodes_are_failure_records(vllm_engine):
     cfg = SynthConfig(domains=["retail_orders"], worlds=2)
     tasks = make_tasks(cfg, domain_paths(cfg))[:8]
     domain = find_domain("retail_orders")
-    states = []
-    for task in tasks:
-        rng = random.Random(task.id)
-        # A short prompt and few tools, so most prompts fit the test engine's 1024-token context.
-        spec = sample_agent(
-            task, {"retail_orders": domain}, AgentSampling(distractor_fraction=0.0, cross_domain=0.0), rng
+    # Only the needed tools and a short prompt, so most prompts fit the test engine's 1024-token context.
+    states = [
+        start_episode(
+            t,
+            {"retail_orders": domain},
+            AgentSampling(distractor_fraction=0.0, cross_domain=0.0),
+            random.Random(t.id),
         )
-        spec = spec.model_copy(update={"system_prompt": "You are a shop assistant. Use the tools."})
-        tools = ToolExecutor([domain], task.meta["world_seed"], task.initial_state, ToolExecConfig(), rng)
-        states.append(
-            EpisodeState(
-                task=task,
-                agent=spec,
-                tools=tools,
-                rng=rng,
-                messages=[Message(role="system", content=spec.system_prompt)],
-            )
-        )
+        for t in tasks
+    ]
+    for s in states:
+        s.messages[0] = Message(role="system", content="You are a shop assistant. Use the tools.")
     agent = PolicyAgent(vllm_engine, SamplingParams(temperature=1.0, max_tokens=48, logprobs=True))
     trajs = run_episodes(states, agent, ScriptedUser(), EpisodeLimits(max_turns=3))
     statuses = Counter(t.status for t in trajs)

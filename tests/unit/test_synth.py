@@ -255,7 +255,7 @@ def test_llm_user_stops_and_garbage_aborts():
 def test_policy_agent_garbage_becomes_error_records(tmp_path):
     """A policy that emits malformed tool calls yields `error` episodes, rejected with reasons, no crash."""
     from agentfactory.synth.agents import PolicyAgent
-    from agentfactory.synth.episode import EpisodeLimits, EpisodeState, run_episodes
+    from agentfactory.synth.episode import EpisodeLimits, run_episodes, start_episode
     from agentfactory.synth.users import ScriptedUser
 
     from .fakes import ScriptedEngine
@@ -272,19 +272,9 @@ def test_policy_agent_garbage_becomes_error_records(tmp_path):
         * 10
     )
     agent = PolicyAgent(ScriptedEngine(lambda r: next(replies)))
-    states = []
-    for t in tasks:
-        rng = random.Random(t.id)
-        spec = sample_agent(t, {"retail_orders": domain}, AgentSampling(), rng)
-        states.append(
-            EpisodeState(
-                task=t,
-                agent=spec,
-                tools=ToolExecutor([domain], t.meta["world_seed"], t.initial_state, ToolExecConfig(), rng),
-                rng=rng,
-                messages=[Message(role="system", content=spec.system_prompt)],
-            )
-        )
+    states = [
+        start_episode(t, {"retail_orders": domain}, AgentSampling(), random.Random(t.id)) for t in tasks
+    ]
     trajs = run_episodes(states, agent, ScriptedUser(), EpisodeLimits(max_turns=3))
     statuses = Counter(t.status.value for t in trajs)
     assert statuses["error"] >= 2
@@ -307,18 +297,25 @@ def test_llm_tasks_are_kept_only_when_grounded_and_solvable():
     state = generate_world(domain, 4)
     order = sorted(k for k, o in state["orders"].items() if o["status"] == "pending")[0]
     good = {
-        "kind": "single_call", "user_goal": f"Cancel order {order}, ordered by mistake.",
+        "kind": "single_call",
+        "user_goal": f"Cancel order {order}, ordered by mistake.",
         "blueprint": [{"tool": "cancel_order", "args": {"order_id": order, "reason": "ordered by mistake"}}],
         "answer_facts": ["cancelled"],
-        "rubric": {"final_state": {f"/orders/{order}/status": "cancelled"}, "must_call": ["cancel_order"], "answer_contains": ["cancelled"]},
+        "rubric": {
+            "final_state": {f"/orders/{order}/status": "cancelled"},
+            "must_call": ["cancel_order"],
+            "answer_contains": ["cancelled"],
+        },
     }
-    replies = iter([
-        json.dumps(good),
-        json.dumps({**good, "rubric": {"must_call": ["refund_order"]}}),  # no such tool
-        json.dumps({**good, "rubric": {"final_state": {f"/orders/{order}/price": 1}}}),  # no such path
-        json.dumps({**good, "answer_facts": ["done"]}),  # the blueprint answer misses "cancelled"
-        "Sure, here is a task: cancel something.",
-    ])
+    replies = iter(
+        [
+            json.dumps(good),
+            json.dumps({**good, "rubric": {"must_call": ["refund_order"]}}),  # no such tool
+            json.dumps({**good, "rubric": {"final_state": {f"/orders/{order}/price": 1}}}),  # no such path
+            json.dumps({**good, "answer_facts": ["done"]}),  # the blueprint answer misses "cancelled"
+            "Sure, here is a task: cancel something.",
+        ]
+    )
     cfg = LLMTaskConfig(engine=EngineConfig(model="unused"), per_world=5)
     kept, rejected = generate_llm_tasks(ScriptedEngine(lambda r: next(replies)), domain, state, 4, cfg)
     assert [t.id for t in kept] == ["retail_orders.llm0.w4"]
