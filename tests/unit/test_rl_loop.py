@@ -35,7 +35,8 @@ def _row(group: str, reward: float, n: int = 3, p: int = 4, version: int = 0, se
 def test_group_batches_keep_groups_whole():
     rows = [_row(g, 0.0) for g in "aabbbcd"]
     batches = list(group_batches(rows, 3))
-    assert [[r.group for r in b] for b in batches] == [["a", "a"], ["b", "b", "b"], ["c", "d"]]  # equal lengths: stable order
+    # rows of equal length: groups keep their order
+    assert [[r.group for r in b] for b in batches] == [["a", "a"], ["b", "b", "b"], ["c", "d"]]
 
 
 def test_collate_aligns_targets_and_masks():
