@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfactory.config import StrictModel
-from agentfactory.stages import CorpusStage, EvalStage, TokenizerStage, TrainStage, run_model_stages
+from agentfactory.stages import CorpusStage, EvalStage, RLStage, TokenizerStage, TrainStage, run_model_stages
 from agentfactory.synth.config import SynthConfig
 from agentfactory.tools import domain_files, load_domain
 
@@ -51,7 +51,10 @@ class PipelineConfig(StrictModel):
     tokenizer: TokenizerStage | None = None
     pretrain: TrainStage | None = None
     sft: TrainStage | None = None
-    eval: EvalStage | None = Field(None, description="held-out evaluation of base / SFT checkpoints on vLLM")
+    rl: RLStage | None = Field(None, description="colocated RL from the SFT checkpoint")
+    eval: EvalStage | None = Field(
+        None, description="held-out evaluation of base / SFT / RL checkpoints on vLLM"
+    )
     report: ReportStage | None = ReportStage()
     smoke: list[str] = Field(default_factory=list, description="overrides applied by `--smoke` (a quick run)")
 

@@ -38,6 +38,25 @@ class TrainStage(StrictModel):
     seq_len: int = Field(1024, ge=16)
 
 
+class RLStage(StrictModel):
+    """Colocated RL from the SFT checkpoint; `config` passes through to `RLConfig` (envs, iterations, ...)."""
+
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+def run_rl(stage: RLStage, init: Path, out: Path, seed: int, console: Console) -> dict:
+    from agentfactory.rl.config import RLConfig
+    from agentfactory.rl.loop import rl_run
+
+    cfg = RLConfig.model_validate({"seed": seed, **stage.config, "model": str(init), "output_dir": str(out)})
+    result = rl_run(cfg, console=console)
+    return {
+        "iterations": result.iterations,
+        "final_reward": result.final_reward,
+        "model": str(result.model_dir),
+    }
+
+
 class EvalStage(EvalConfig):
     models: list[str] = Field(
         default_factory=lambda: ["base", "sft"], description="which checkpoints to evaluate"
@@ -139,7 +158,7 @@ def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console:
 
 
 def run_model_stages(config: Any, console: Console, results: dict) -> None:
-    """tokenizer → corpus → pretrain → SFT → eval, each skipped when its stage.done exists."""
+    """corpus → tokenizer → pretrain → SFT → RL → eval, each skipped when its stage.done exists."""
     run = config.run_dir
     seed = config.seed
 
@@ -174,6 +193,9 @@ def run_model_stages(config: Any, console: Console, results: dict) -> None:
         init = models.get("base")
         stage("sft", lambda d: _train("sft", config.sft, tokenizer, [dataset], init, d, seed))
         models["sft"] = run / "sft" / "model"
+    if config.rl is not None and "sft" in models:
+        stage("rl", lambda d: run_rl(config.rl, models["sft"], d, seed, console))
+        models["rl"] = run / "rl" / "model"
     if config.eval is not None:
         random.seed(seed)
         stage("eval", lambda d: evaluate_models(config.eval, models, d, console))

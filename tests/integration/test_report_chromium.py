@@ -22,8 +22,15 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# Figures whose stage the quickstart runs (RL's reward curves join when the RL stage is wired in).
-FIGURES = ("training_loss", "max_logits", "expert_balance", "acceptance", "success_by_domain", "timings")
+FIGURES = (
+    "training_loss",
+    "max_logits",
+    "expert_balance",
+    "acceptance",
+    "rewards",
+    "success_by_domain",
+    "timings",
+)
 
 
 def render(page: Path, tmp: Path) -> str:
@@ -56,7 +63,8 @@ def test_quickstart_smoke_and_report(tmp_path):
     for stage in ("pretrain", "sft"):
         assert (run / stage / "model" / "config.json").exists()
         assert len((run / stage / "metrics.jsonl").read_text().splitlines()) >= 3
-    for model in ("base", "sft"):
+    assert len((run / "rl" / "metrics.jsonl").read_text().splitlines()) == 2
+    for model in ("base", "sft", "rl"):
         assert json.loads((run / "eval" / f"{model}.json").read_text())["tasks"] > 0
     for name in FIGURES:
         assert (run / "report_files" / f"{name}.png").exists(), name
@@ -70,4 +78,4 @@ def test_quickstart_smoke_and_report(tmp_path):
 
     again = smoke(tmp_path)  # every stage finished: the rerun skips them
     assert again.returncode == 0
-    assert again.stdout.count("done earlier, skipped") >= 5
+    assert again.stdout.count("done earlier, skipped") >= 6

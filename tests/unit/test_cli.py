@@ -47,7 +47,9 @@ def test_config_show_applies_overrides(tmp_path):
 
 def test_run_writes_outputs(tmp_path):
     stages = [
-        x for s in ("synth", "corpus", "tokenizer", "pretrain", "sft", "eval") for x in ("--set", f"{s}=null")
+        x
+        for s in ("synth", "corpus", "tokenizer", "pretrain", "sft", "rl", "eval")
+        for x in ("--set", f"{s}=null")
     ]
     r = runner.invoke(app, ["run", "pipelines/quickstart.yaml", "--set", f"output_dir={tmp_path}", *stages])
     assert r.exit_code == 0, r.output
