@@ -26,12 +26,18 @@ def test_bad_domains_exit_1_with_one_line_per_error_and_no_traceback():
 
 
 def test_run_quickstart_and_resolved_config(tmp_path):
+    """The console script runs the data stages of the quickstart (the model stages: the smoke test)."""
     root = Path(__file__).parents[2]
     r = run(
         "run",
         str(root / "pipelines/quickstart.yaml"),
         "--set",
         f"output_dir={tmp_path}",
+        *[
+            x
+            for stage in ("corpus", "tokenizer", "pretrain", "sft", "rl", "eval")
+            for x in ("--set", f"{stage}=null")
+        ],
         "--set",
         "synth.worlds=1",
         "--set",
