@@ -15,6 +15,15 @@ from typing import Any
 from agentfactory.report import plots
 
 TARGETS = (("sft", "base", 30.0), ("rl", "sft", 5.0))  # (model, baseline, points of held-out success)
+FIGURES = (
+    "training_loss",
+    "max_logits",
+    "expert_balance",
+    "acceptance",
+    "rewards",
+    "success_by_domain",
+    "timings",
+)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -362,20 +362,6 @@ class RLLoop:
             self.engine.close()
 
 
-def _progress(console: Console, total: int, done: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("[bold]rl"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-    )
-    return progress, progress.add_task("rl", total=total, completed=done, info="")
-
-
 def rl_run(
     config: RLConfig,
     *,
@@ -393,7 +379,11 @@ def rl_run(
         if loop.resume():
             loop.console.print(f"resumed from {loop.out / 'checkpoint'} at iteration {loop.iteration}")
         show = config.progress
-        progress, task = _progress(loop.console, config.iterations, loop.iteration) if show else (None, None)
+        from agentfactory.train.trainer import progress_bar
+
+        progress, task = (
+            progress_bar(loop.console, config.iterations, loop.iteration, "rl") if show else (None, None)
+        )
         with progress or nullcontext(), loop.metrics_path.open("a") as log:
             while loop.iteration < config.iterations:
                 row = loop.step()

@@ -258,18 +258,19 @@ class Trainer:
         raise TrainingDiverged(f"step {step}: {what}; training stopped before applying the update, {last}")
 
 
-def _progress(console: Console, total: int, done: int):
+def progress_bar(console: Console, total: int, done: int, label: str = "train"):
+    """A rich bar with a free-text `info` field (loss, tokens/s, ...) shared by the trainers."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
-        TextColumn("[bold]train"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
     )
-    return progress, progress.add_task("train", total=total, completed=done, info="")
+    return progress, progress.add_task(label, total=total, completed=done, info="")
 
 
 def train(
@@ -295,7 +296,7 @@ def train(
         if trainer.resume() and d.is_main:
             console.print(f"resumed from {out / 'checkpoint'} at step {trainer.state.step}")
         show = config.progress and d.is_main
-        progress, task = _progress(console, config.steps, trainer.state.step) if show else (None, None)
+        progress, task = progress_bar(console, config.steps, trainer.state.step) if show else (None, None)
         speeds: list[float] = []
         with progress or nullcontext(), trainer.metrics_path.open("a") if d.is_main else nullcontext() as log:
             while trainer.state.step < config.steps:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from agentfactory.report import FIGURES
+
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent / "agentfactory"
 FLAGS = [
@@ -22,15 +24,6 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-FIGURES = (
-    "training_loss",
-    "max_logits",
-    "expert_balance",
-    "acceptance",
-    "rewards",
-    "success_by_domain",
-    "timings",
-)
 
 
 def render(page: Path, tmp: Path) -> str:

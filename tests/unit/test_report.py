@@ -4,17 +4,7 @@ and targets are checked plainly."""
 import json
 from pathlib import Path
 
-from agentfactory.report import build_report
-
-FIGURES = (
-    "training_loss",
-    "max_logits",
-    "expert_balance",
-    "acceptance",
-    "rewards",
-    "success_by_domain",
-    "timings",
-)
+from agentfactory.report import FIGURES, build_report
 
 
 def fake_run(root: Path, rl_gain: float = 0.02) -> Path:
