@@ -41,7 +41,7 @@ def main() -> None:
     paths = domain_paths(cfg)
     tasks = make_tasks(cfg, paths)
     batches = [[(t, 0) for t in tasks[i : i + cfg.batch_size]] for i in range(0, len(tasks), cfg.batch_size)]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     worker = ray.remote(num_cpus=1)(EpisodeWorker)
     results = {}
     for n in (1, 2):
