@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -298,27 +297,18 @@ class RLLoop:
     # ------------------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
         """Atomic checkpoint (write `checkpoint.tmp/`, swap by renames): a crash keeps the last one."""
-        path = self.out / "checkpoint"
-        tmp, old = path.with_name("checkpoint.tmp"), path.with_name("checkpoint.old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(self.model.state_dict(), tmp / "model.pt")
-        torch.save(self.opt.state_dict(), tmp / "optim.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-        (tmp / "buffer.json").write_text(json.dumps(self.buffer.state_dict()))
+        from agentfactory.train.checkpoint import write_checkpoint_dir
+
         state = {
             "iteration": self.iteration,
             "version": self.version,
             "ptx_seen": self.ptx_seen,
             "last_reward": self.last_reward,
         }
-        (tmp / "trainer.json").write_text(json.dumps(state, indent=2))
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-        return path
+        buffer = {"buffer.json": json.dumps(self.buffer.state_dict())}
+        return write_checkpoint_dir(
+            self.out / "checkpoint", self.model.state_dict(), self.opt.state_dict(), state, buffer
+        )
 
     def resume(self) -> bool:
         """Continue from `<output_dir>/checkpoint` (weights pushed to the engine with the saved

@@ -31,21 +31,31 @@ class TrainerState:
     loss: float | None = None
 
 
-def save_checkpoint(directory: Path, model_sd: dict, optim_sd: dict, state: TrainerState) -> Path:
-    """Write the checkpoint atomically (call on rank 0 only)."""
+def write_checkpoint_dir(
+    directory: Path, model_sd: dict, optim_sd: dict, state: dict, extra: dict[str, str] | None = None
+) -> Path:
+    """Write weights, optimizer, RNG states, `trainer.json` (+ extra text files) atomically: into
+    `<dir>.tmp`, then swapped in by renames, so a crash keeps the last complete checkpoint."""
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save(model_sd, tmp / "model.pt")
     torch.save(optim_sd, tmp / "optim.pt")
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-    (tmp / "trainer.json").write_text(json.dumps(asdict(state), indent=2))
+    for name, text in (extra or {}).items():
+        (tmp / name).write_text(text)
+    (tmp / "trainer.json").write_text(json.dumps(state, indent=2))
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def save_checkpoint(directory: Path, model_sd: dict, optim_sd: dict, state: TrainerState) -> Path:
+    """Write the checkpoint atomically (call on rank 0 only)."""
+    return write_checkpoint_dir(directory, model_sd, optim_sd, asdict(state))
 
 
 def find_checkpoint(directory: Path) -> Path | None:
