@@ -365,6 +365,80 @@ def model_info(
     out.print(table)
 
 
+@model_app.command("plan")
+def model_plan(
+    preset: Annotated[str | None, typer.Option(help="K2 preset (default kimi-k2-1t)")] = None,
+    gpus: Annotated[int | None, typer.Option(help="devices in the job")] = None,
+    ep: Annotated[
+        int | None, typer.Option(help="expert-parallel degree (default: gcd(experts, fsdp))")
+    ] = None,
+    fsdp: Annotated[int | None, typer.Option(help="FSDP degree for all parameters (default: gpus)")] = None,
+    dtype: Annotated[str | None, typer.Option(help="bfloat16 (fp32 master + optimizer) or float32")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="tokens per sequence (default 4096)")] = None,
+    micro_batch: Annotated[int | None, typer.Option(help="sequences per forward pass (default 1)")] = None,
+    gpu_mem: Annotated[float, typer.Option(help="GiB per device")] = 80.0,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="a trainer YAML (e.g. pipelines/k2_1t_cluster.yaml)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Memory per device (weights, grads, optimizer states, activations) under FSDP2 + expert parallel."""
+    from pydantic import ValidationError
+
+    from agentfactory.model.plan import COMPONENTS, GIB, PlanConfig, plan
+
+    fields: dict = {"preset": "kimi-k2-1t"}
+    if config is not None:  # a trainer config gives the defaults; flags override them
+        from agentfactory.train import SFTConfig
+
+        try:
+            tc = load_config(config, SFTConfig)
+        except ConfigError as e:
+            _fail(e)
+        fields = dict(
+            preset=tc.model.preset, gpus=tc.parallel.gpus, ep=tc.parallel.ep, dtype=tc.dtype,
+            seq_len=tc.data.seq_len, micro_batch=tc.micro_batch_size,
+        )  # fmt: skip
+    flags = dict(
+        preset=preset, gpus=gpus, ep=ep, fsdp=fsdp, dtype=dtype, seq_len=seq_len, micro_batch=micro_batch
+    )
+    fields.update({k: v for k, v in flags.items() if v is not None}, gpu_mem_gib=gpu_mem)
+    if fields.get("gpus") is None:
+        err.print("say how many devices: --gpus N (or parallel.gpus in --config)", markup=False)
+        raise typer.Exit(1)
+    try:
+        result = plan(PlanConfig(**fields))
+    except ValidationError as e:
+        for x in e.errors(include_url=False):
+            err.print(
+                f"{'.'.join(map(str, x['loc'])) or 'plan'}: {x['msg'].removeprefix('Value error, ')}",
+                markup=False,
+            )
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+
+    def size(b: float) -> str:
+        return f"{b / GIB:,.2f} GiB" if b >= GIB / 10 else f"{b / 2**20:,.2f} MiB"
+
+    out.print(
+        f"[bold]{result['preset']}[/] ({_human(result['params']['total'])} params) on {result['gpus']} "
+        f"devices: fsdp {result['fsdp']}, ep {result['ep']} ({result['experts_per_ep_rank']} experts per "
+        f"rank), {result['dtype']}, {result['micro_batch']} × {result['seq_len']} tokens per micro-batch",
+        highlight=False,
+    )
+    table = Table("per device", "memory", "what")
+    for key, value in result["bytes_per_device"].items():
+        table.add_row(key.replace("_", " "), size(value), COMPONENTS[key])
+    table.add_section()
+    for key, label in (("no_checkpointing", "no activation checkpointing"), ("checkpointing", "with it")):
+        table.add_row("[bold]total", size(result["total_bytes"][key]), label)
+    out.print(table)
+    color = {"fits": "green", "does not fit": "red"}.get(result["verdict"], "yellow")
+    out.print(f"[{color}]{result['verdict']}[/] in {gpu_mem:g} GiB per device", highlight=False)
+
+
 @tokenizer_app.command("train")
 def tokenizer_train(
     corpus: Annotated[

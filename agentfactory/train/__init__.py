@@ -7,6 +7,7 @@ calls), or `torchrun --nproc_per_node N -m agentfactory.train pretrain|sft CONFI
 from agentfactory.train.config import (
     ChatData,
     ModelSource,
+    ParallelConfig,
     PretrainConfig,
     ScheduleConfig,
     SFTConfig,
@@ -30,6 +31,7 @@ __all__ = [
     "DataError",
     "DataStats",
     "ModelSource",
+    "ParallelConfig",
     "PretrainConfig",
     "SFTConfig",
     "ScheduleConfig",

@@ -67,6 +67,26 @@ class ChatData(StrictModel):
     seq_len: PositiveInt = Field(1024, description="longer conversations are truncated (and counted)")
 
 
+class ParallelConfig(StrictModel):
+    """How a torchrun job splits the model; dense parameters are always FSDP-sharded over all processes."""
+
+    ep: PositiveInt = Field(
+        1, description="expert-parallel degree: each rank holds n_routed_experts/ep routed experts"
+    )
+    activation_checkpointing: bool = Field(
+        False, description="recompute each block in backward (keeps only block inputs)"
+    )
+    gpus: PositiveInt | None = Field(
+        None, description="processes the job is planned for (`agentfactory model plan`); checked at launch"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ParallelConfig:
+        if self.gpus is not None and self.gpus % self.ep:
+            raise ValueError(f"ep ({self.ep}) must divide gpus ({self.gpus})")
+        return self
+
+
 class TrainConfig(StrictModel):
     """What both trainers share; `PretrainConfig` and `SFTConfig` add their `data` section."""
 
@@ -79,6 +99,7 @@ class TrainConfig(StrictModel):
     micro_batch_size: PositiveInt = Field(
         8, description="sequences per forward pass on one process; the rest is gradient accumulation"
     )
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="compute dtype (bfloat16 = autocast; weights and optimizer stay fp32)"
     )

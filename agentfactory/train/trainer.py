@@ -104,7 +104,13 @@ class Trainer:
             )
         self.out = Path(config.output_dir)
         self.metrics_path = self.out / "metrics.jsonl"
+        par = config.parallel
+        if par.gpus is not None and par.gpus != d.world:
+            raise ValueError(f"parallel.gpus is {par.gpus} but the job has {d.world} processes")
+        if par.ep > 1:
+            raise ValueError("parallel.ep > 1 is not supported by the trainer yet")
         self.model = build_model(config, tokenizer, d.device)
+        self.model.gradient_checkpointing = par.activation_checkpointing
         self.model.train()
         self.model.set_track_max_logits(True)
         if d.enabled:
