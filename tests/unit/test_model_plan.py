@@ -119,3 +119,22 @@ def test_cli_plan_table_json_and_errors():
     r = runner.invoke(app, ["model", "plan", "--gpus", "8", "--ep", "3"])
     assert r.exit_code == 1 and "must divide" in r.stderr
     assert runner.invoke(app, ["model", "plan"]).exit_code == 1  # no --gpus
+
+
+def test_k2_1t_cluster_config_validates_and_plans():
+    from agentfactory.config import load_config
+    from agentfactory.train import SFTConfig
+
+    cfg = load_config("pipelines/k2_1t_cluster.yaml", SFTConfig)
+    assert cfg.model.preset == "kimi-k2-1t" and cfg.dtype == "bfloat16" and cfg.data.seq_len == 4096
+    assert cfg.optimizer.qk_clip_tau == 100 and cfg.parallel.ep > 1 and cfg.parallel.activation_checkpointing
+    assert cfg.batch_size % (cfg.micro_batch_size * cfg.parallel.gpus) == 0
+    r = runner.invoke(app, ["model", "plan", "--config", "pipelines/k2_1t_cluster.yaml", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert (data["gpus"], data["ep"], data["seq_len"]) == (cfg.parallel.gpus, cfg.parallel.ep, 4096)
+    assert data["fits"]["checkpointing"]
+    r = runner.invoke(
+        app, ["model", "plan", "--config", "pipelines/k2_1t_cluster.yaml", "--gpus", "8", "--ep", "8"]
+    )
+    assert r.exit_code == 0 and "does not fit" in r.output  # flags override the file
