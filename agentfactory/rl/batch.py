@@ -4,7 +4,9 @@ A `TrainRow` is one response as the trainer sees it: the exact prompt ids the en
 from, the sampled ids, the engine's logprob and policy version of each sampled token, its scalar
 reward and its baseline group (the prompt; closed-loop critic judgments form a group per prompt).
 Nothing is re-tokenized: the rows carry the engine's ids, so the trainer scores exactly the tokens
-that were sampled.
+that were sampled. A multi-turn episode is one row whose response is everything after the first
+prompt (sampled turns and the environment turns between them, `synth.tito`); its `mask` keeps the
+environment tokens out of the loss and the mismatch statistics (single-turn rows: all ones).
 
 `policy_update` runs one optimizer step's worth of forward/backward over whole groups per
 micro-batch (the K1.5 baseline is a group mean, so a group never straddles two micro-batches), each
@@ -22,9 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from agentfactory.records import Trajectory
 from agentfactory.rl.loss import LossConfig, k1p5_loss, ptx_loss, total_loss, truncated_is_weights
 
 
@@ -39,6 +43,27 @@ class TrainRow:
     env: str
     components: dict[str, float] = field(default_factory=dict)  # weighted reward components
     metrics: dict[str, float] = field(default_factory=dict)  # weight-0 components (lengths, rates)
+    mask: list[int] | None = None  # per response token: 1 sampled by the policy, 0 env turn; None: all 1
+
+
+def critic_row(tokenizer: Any, sample: Trajectory) -> TrainRow:
+    """A closed-loop critic judgment (`Critic.training_samples`) as a row: its judge prompt, rendered
+    as the engine rendered it, and the judgment's sampled ids."""
+    from agentfactory.model.chat import encode
+
+    messages = [m.to_openai() for m in sample.messages[:-1]]
+    ids, reward = list(sample.token_ids or []), sample.reward
+    assert reward is not None  # agreement samples are always scored
+    return TrainRow(
+        prompt_ids=encode(tokenizer, messages, None, add_generation_prompt=True),
+        response_ids=ids,
+        logprobs=list(sample.logprobs or [0.0] * len(ids)),
+        versions=[sample.policy_version] * len(ids),
+        reward=reward.total,
+        group=str(sample.meta["group"]),
+        env="critic",
+        components={"agreement": reward.components["agreement"]},
+    )
 
 
 def group_batches(rows: Sequence[TrainRow], max_rows: int) -> Iterator[list[TrainRow]]:
@@ -64,9 +89,9 @@ def collate_rows(rows: Sequence[TrainRow], pad_id: int, version: int) -> dict[st
 
     ids_BT:       prompt + response[:-1] (the model input)
     targets_BT:   the next token at every input position
-    mask_BT:      1 where the target is a response token
+    mask_BT:      1 where the target is a response token the policy sampled (env turns: 0)
     behavior_BT:  the engine's logprob of that target (0 elsewhere)
-    fresh_BT:     1 where the target was sampled by `version` (the weights being trained)
+    fresh_BT:     1 where the target was sampled by `version` (the weights being trained), within mask
     group_B:      baseline group index 0..G-1
     """
     length = max(len(r.prompt_ids) + len(r.response_ids) - 1 for r in rows)
@@ -84,9 +109,10 @@ def collate_rows(rows: Sequence[TrainRow], pad_id: int, version: int) -> dict[st
         ids[b, :n] = torch.tensor(seq[:-1])
         targets[b, :n] = torch.tensor(seq[1:])
         k = len(r.response_ids)
-        mask[b, p : p + k] = 1
-        behavior[b, p : p + k] = torch.tensor(r.logprobs[:k], dtype=torch.float32)
-        fresh[b, p : p + k] = torch.tensor([float(v == version) for v in r.versions[:k]])
+        m = torch.tensor(r.mask[:k], dtype=torch.float32) if r.mask is not None else torch.ones(k)
+        mask[b, p : p + k] = m
+        behavior[b, p : p + k] = torch.tensor(r.logprobs[:k], dtype=torch.float32) * m
+        fresh[b, p : p + k] = torch.tensor([float(v == version) for v in r.versions[:k]]) * m
     return {
         "ids": ids,
         "targets": targets,

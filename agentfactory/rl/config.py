@@ -113,18 +113,14 @@ class RLConfig(StrictModel):
         kinds = {e.kind for e in self.envs}
         if "rubric" in kinds and not self.critic.enabled:
             raise ValueError("a rubric env needs the critic (critic.enabled: true)")
-        if "tool_use" in kinds:
-            raise ValueError(
-                "tool_use envs are multi-turn; the colocated loop trains single-turn envs only "
-                "(math, reasoning_gym, code, rubric) for now"
-            )
         if self.loss.ptx_weight > 0 and self.ptx is None:
             raise ValueError("loss.ptx_weight > 0 needs ptx data (ptx: {paths: [...]})")
         return self
 
 
-def build_env(spec: EnvSpec, critic: Any = None) -> Any:
-    """The env a spec names, its config validated by the env's own model."""
+def build_env(spec: EnvSpec, critic: Any = None, tokenizer: Any = None) -> Any:
+    """The env a spec names, its config validated by the env's own model; `tokenizer` (the policy's)
+    makes multi-turn episodes token-in-token-out."""
     from agentfactory.rl import envs
 
     if spec.kind == "math":
@@ -137,4 +133,6 @@ def build_env(spec: EnvSpec, critic: Any = None) -> Any:
         if critic is None:
             raise ValueError("a rubric env needs a critic")
         return envs.RubricEnv(critic, envs.RubricEnvConfig.model_validate(spec.config))
+    if spec.kind == "tool_use":
+        return envs.ToolUseEnv(envs.ToolUseEnvConfig.model_validate(spec.config), tokenizer=tokenizer)
     raise ValueError(f"env kind {spec.kind!r} is not supported by the RL loop")

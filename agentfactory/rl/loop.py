@@ -6,7 +6,11 @@ the same weights. Each iteration:
   1. **rollout** – top the partial-rollout buffer up to `prompts_per_iteration` groups with tasks
      drawn from the env mixture (seeded by the iteration, so a resumed run draws the same tasks),
      then generate one iteration's segments under the token budget: short responses finish, long
-     ones carry over and resume next iteration under the new weights (staleness bounded, logged);
+     ones carry over and resume next iteration under the new weights (staleness bounded, logged).
+     Multi-turn (tool-use) groups drawn this iteration are instead played whole, their episodes in
+     lockstep, token-in-token-out, and never carried over: resuming one would mean checkpointing
+     its tool world and user simulator, its length is already bounded by turns x per-turn budget,
+     and one policy version plays it all (`rl.episodes`);
   2. **reward** – every group whose members all finished is scored by its env (verifiers, sandbox,
      or the self-critique win rate for RubricEnv); on a few verifiable groups the critic also
      judges pairs with different outcomes and those judgments become training rows rewarded for
@@ -40,11 +44,12 @@ import torch
 from rich.console import Console
 
 from agentfactory.llm.base import Engine, SamplingParams
-from agentfactory.rl.batch import TrainRow, policy_update, reward_metrics
+from agentfactory.rl.batch import TrainRow, critic_row, policy_update, reward_metrics
 from agentfactory.rl.buffer import PartialRolloutBuffer, Rollout
 from agentfactory.rl.config import RLConfig, build_env
 from agentfactory.rl.envs.base import EnvTask
 from agentfactory.rl.envs.mixture import EnvMixture
+from agentfactory.rl.episodes import is_multi_turn, rollout_episode_groups
 
 
 @dataclass
@@ -92,7 +97,7 @@ class RLLoop:
         kinds = {e.kind for e in config.envs}
         use_critic = config.critic.enabled and ("rubric" in kinds or config.critic.closed_loop_groups > 0)
         self.critic = Critic(self.engine, config.critic.config) if use_critic else None
-        envs = [build_env(spec, self.critic) for spec in config.envs]
+        envs = [build_env(spec, self.critic, self.tokenizer) for spec in config.envs]
         self.mixture = EnvMixture(envs, {e.name: s.weight for e, s in zip(envs, config.envs, strict=True)})
         self.buffer = PartialRolloutBuffer(config.rollout)
         self.ptx = None
@@ -127,18 +132,21 @@ class RLLoop:
         tools = [t.to_openai() for t in task.tools] or None
         return encode(self.tokenizer, [m.to_openai() for m in task.prompt], tools, add_generation_prompt=True)
 
-    def top_up(self) -> int:
-        """Add new groups until `prompts_per_iteration` are in flight; returns how many were added."""
+    def top_up(self) -> tuple[int, list[tuple[str, EnvTask]]]:
+        """Draw groups until `prompts_per_iteration` are in flight: single-turn ones join the buffer;
+        returns how many were drawn and the multi-turn ones (group, task), played whole now."""
         c = self.config
         n = c.prompts_per_iteration - len(self.buffer.sizes)
-        if n <= 0:
-            return 0
-        tasks = self.mixture.sample(n, seed=c.seed * 1_000_003 + self.iteration)
+        tasks = self.mixture.sample(n, seed=c.seed * 1_000_003 + self.iteration) if n > 0 else []
+        episodes = []
         for j, task in enumerate(tasks):
-            budget = c.budgets.for_kind(task.kind)
             group = f"{self.iteration}.{j}:{task.id}"
+            if is_multi_turn(self.mixture.env_of(task)):
+                episodes.append((group, task))
+                continue
+            budget = c.budgets.for_kind(task.kind)
             self.buffer.add(task, self.prompt_ids(task), c.samples_per_prompt, budget, group=group)
-        return n
+        return len(tasks), episodes
 
     def score(self, groups: list[list[Rollout]]) -> tuple[list[TrainRow], dict[str, float]]:
         """Env rewards for every released group, plus closed-loop critic rows on verifiable ones."""
@@ -169,29 +177,11 @@ class RLLoop:
             if closed_loop > 0 and task.verifiable and max(outcomes) - min(outcomes) >= 0.5:
                 closed_loop -= 1
                 samples = self.critic.training_samples(task, trajs, outcomes, seed=self.iteration)
-                critic_rows += [self._critic_row(s) for s in samples if s.token_ids]
+                critic_rows += [critic_row(self.tokenizer, s) for s in samples if s.token_ids]
         stats = {"critic/rows": float(len(critic_rows))}
         if critic_rows:
             stats["critic/agreement"] = sum(r.reward for r in critic_rows) / len(critic_rows)
         return rows + critic_rows, stats
-
-    def _critic_row(self, s: Any) -> TrainRow:
-        from agentfactory.model.chat import encode
-
-        prompt = encode(
-            self.tokenizer, [m.to_openai() for m in s.messages[:-1]], None, add_generation_prompt=True
-        )
-        n = len(s.token_ids)
-        return TrainRow(
-            prompt_ids=prompt,
-            response_ids=list(s.token_ids),
-            logprobs=list(s.logprobs or [0.0] * n),
-            versions=[s.policy_version] * n,
-            reward=s.reward.total,
-            group=str(s.meta["group"]),
-            env="critic",
-            components={"agreement": s.reward.components["agreement"]},
-        )
 
     # ------------------------------------------------------------------------------------- train
     def ptx_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -250,11 +240,14 @@ class RLLoop:
         c = self.config
         gpu_sleep = c.engine.sleep_during_training
         t0 = time.perf_counter()
-        added = self.top_up()
+        added, episode_groups = self.top_up()
         temperature = c.temperature.at(self.iteration)
         params = SamplingParams(temperature=temperature, top_p=c.top_p, seed=c.seed, logprobs=True)
         result = self.buffer.step(self.engine, params)
         rows, critic_stats = self.score(result.groups)
+        n, budgets = c.samples_per_prompt, c.budgets
+        episodes = rollout_episode_groups(self.mixture, episode_groups, self.engine, n, params, budgets)
+        rows += episodes.rows
         t1 = time.perf_counter()
         if gpu_sleep:
             self.engine.sleep()
@@ -281,9 +274,10 @@ class RLLoop:
             "time/sync": t3 - t2,
             "time/iteration": t3 - t0,
             "groups/added": added,
-            "groups/trained": len(result.groups),
+            "groups/trained": len(result.groups) + len(episode_groups),
             "rows": len(rows),
-            "tokens/generated": s["generated_tokens"],
+            **episodes.stats,
+            "tokens/generated": s["generated_tokens"] + episodes.stats["tokens/generated"],
             "rollouts/admitted": s["admitted"],
             "rollouts/resumed": s["resumed"],
             "rollouts/carried": s["carried"],

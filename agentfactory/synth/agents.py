@@ -21,6 +21,7 @@ from pydantic import Field
 from agentfactory.config import StrictModel
 from agentfactory.llm.base import Engine, GenerationRequest, SamplingParams
 from agentfactory.records import Message, Task, ToolCall, ToolSpec
+from agentfactory.synth.tito import TokenizerLike, next_prompt_ids
 from agentfactory.synth.users import revealed
 from agentfactory.tools.domain import Domain
 
@@ -153,21 +154,32 @@ class OracleAgent:
 
 
 class PolicyAgent:
-    """A model on any `Engine` plays the agent; its raw ids and logprobs are kept for RL."""
+    """A model on any `Engine` plays the agent; its raw ids and logprobs are kept for RL.
+
+    With `tokenizer` (an engine that takes prompt ids: `synth.tito.engine_tokenizer(engine)`), the
+    engine continues each episode from its exact ids (token-in-token-out, `synth.tito`); without,
+    it gets the messages (endpoints cannot take ids)."""
 
     name = "policy"
 
-    def __init__(self, engine: Engine, params: SamplingParams | None = None):
+    def __init__(
+        self, engine: Engine, params: SamplingParams | None = None, tokenizer: TokenizerLike | None = None
+    ):
         self.engine = engine
         self.params = params or SamplingParams(temperature=0.7, max_tokens=256, logprobs=True)
+        self.tokenizer = tokenizer
 
     def act(self, episodes: Sequence[Any]) -> list[AgentTurn]:
         requests = []
         for ep in episodes:
             params = self.params.model_copy(update={"seed": ep.rng.randrange(2**31)})
-            requests.append(GenerationRequest(messages=ep.messages, tools=ep.agent.tools, params=params))
+            if self.tokenizer is not None:
+                ids = next_prompt_ids(self.tokenizer, ep)
+                requests.append(GenerationRequest(prompt_ids=ids, params=params))
+            else:
+                requests.append(GenerationRequest(messages=ep.messages, tools=ep.agent.tools, params=params))
         turns = []
-        for group in self.engine.generate(requests):
+        for request, group in zip(requests, self.engine.generate(requests), strict=True):
             c = group[0]
             error = c.error if c.finish_reason == "error" else c.parse_error
             if c.finish_reason == "length" and not error and not c.tool_calls:
@@ -178,6 +190,7 @@ class PolicyAgent:
                     message=message,
                     token_ids=c.token_ids,
                     logprobs=c.logprobs,
+                    prompt_ids=request.prompt_ids,
                     error=error,
                     finish_reason=c.finish_reason,
                     meta={"policy_version": c.policy_version},

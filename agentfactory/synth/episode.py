@@ -4,6 +4,10 @@ Each round, the next turns of *all* active episodes go to the agent as one batch
 for a model policy), then all due user replies go to the user simulator as one batch. Episodes end
 when the user stops, at max turns (truncated), or on an agent error (unparsable output, failed
 request: status `error`). Failures are data: every episode returns a `Trajectory` with a status.
+
+With a token-in-token-out policy (`PolicyAgent(..., tokenizer=...)`, see `synth.tito`) each episode
+also keeps a `TokenTrace`: the exact ids the engine saw and sampled, with the per-token mask RL
+trains with; it is recorded in the trajectory's `meta["tito"]`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pydantic import Field
 from agentfactory.config import StrictModel
 from agentfactory.records import Message, RolloutStatus, Task, Trajectory
 from agentfactory.synth.agents import Agent, AgentSampling, AgentSpec, sample_agent
+from agentfactory.synth.tito import TokenTrace
 from agentfactory.synth.toolexec import ToolExecConfig, ToolExecutor
 from agentfactory.synth.users import STOP, UserSimulator
 
@@ -44,6 +49,7 @@ class EpisodeState:
     token_ids: list[list[int]] = field(default_factory=list)  # per assistant turn, as sampled
     logprobs: list[list[float]] = field(default_factory=list)
     policy_version: int = 0
+    trace: TokenTrace | None = None  # token-in-token-out agents only: the whole episode's ids
 
     @property
     def done(self) -> bool:
@@ -105,6 +111,10 @@ def run_episodes(
                 ep.token_ids.append(turn.token_ids)
                 ep.logprobs.append(turn.logprobs or [])
             ep.policy_version = turn.meta.get("policy_version", ep.policy_version)
+            if turn.prompt_ids is not None:  # token-in-token-out: the turn continued the episode's ids
+                ep.trace = ep.trace or TokenTrace()
+                ids, lp = turn.token_ids or [], turn.logprobs
+                ep.trace.extend(turn.prompt_ids, ids, lp, ep.policy_version, turn.finish_reason)
             if turn.error:
                 ep.errors.append(f"agent: {turn.error}")
                 ep.status = RolloutStatus.error
@@ -152,6 +162,8 @@ def to_trajectory(ep: EpisodeState, agent: Agent, user: UserSimulator) -> Trajec
         "faults": dict(ep.tools.faults),
         "errors": ep.errors,
     }
+    if ep.trace is not None:
+        meta["tito"] = ep.trace.model_dump()
     return Trajectory(
         task_id=ep.task.id,
         messages=messages,

@@ -18,6 +18,7 @@ from agentfactory.synth.config import SynthConfig
 from agentfactory.synth.episode import run_episodes, start_episode
 from agentfactory.synth.judge import Judge, reward_of
 from agentfactory.synth.store import record_id
+from agentfactory.synth.tito import engine_tokenizer
 from agentfactory.synth.toolexec import LLMToolSimulator
 from agentfactory.synth.users import LLMUser, ScriptedUser, UserSimulator
 from agentfactory.tools import load_domain
@@ -28,11 +29,10 @@ class EpisodeWorker:
         self.config = config
         self.domains = {name: load_domain(Path(p)) for name, p in domain_paths.items()}
         self._engines: dict[str, Engine] = {}
-        self.agent: Agent = (
-            PolicyAgent(self._engine(config.agent.engine), config.agent.sampling)
-            if config.agent.kind == "policy"
-            else OracleAgent()
-        )
+        self.agent: Agent = OracleAgent()
+        if config.agent.kind == "policy":  # token-in-token-out when the engine takes ids (vLLM)
+            engine = self._engine(config.agent.engine)
+            self.agent = PolicyAgent(engine, config.agent.sampling, engine_tokenizer(engine))
         self.user: UserSimulator = (
             LLMUser(self._engine(config.user.engine)) if config.user.kind == "llm" else ScriptedUser()
         )

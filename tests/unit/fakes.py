@@ -3,18 +3,31 @@
 from collections.abc import Callable, Sequence
 
 from agentfactory.llm.base import Completion, GenerationRequest
-from agentfactory.model.chat import parse_assistant
+from agentfactory.model.chat import IM_END, parse_assistant
 
 
 class ScriptedEngine:
-    """Answers each request with `reply(request)`; text is parsed like a real engine's output."""
+    """Answers each request with `reply(request)`; text is parsed like a real engine's output.
+
+    With `tokenizer`, a completion's ids are the canonical tokenization of its text plus `<|im_end|>`
+    (as a real engine stops), each with logprob -0.5, and `prompt_text` decodes an id prompt."""
 
     name = "scripted"
     policy_version = 0
 
-    def __init__(self, reply: Callable[[GenerationRequest], str]):
+    def __init__(self, reply: Callable[[GenerationRequest], str], tokenizer=None):
         self.reply = reply
+        self.tokenizer = tokenizer
         self.requests: list[GenerationRequest] = []
+
+    def prompt_text(self, request: GenerationRequest) -> str:
+        return self.tokenizer.decode(request.prompt_ids, skip_special_tokens=False)
+
+    def _ids(self, text: str) -> tuple[list[int], list[float] | None]:
+        if self.tokenizer is None:
+            return list(range(len(text.split()))), None
+        ids = self.tokenizer.encode(text + IM_END, add_special_tokens=False)
+        return ids, [-0.5] * len(ids)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         out = []
@@ -23,6 +36,7 @@ class ScriptedEngine:
             text = self.reply(r)
             parsed = parse_assistant(text)
             calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in parsed.tool_calls]
+            ids, logprobs = self._ids(text)
             out.append(
                 [
                     Completion(
@@ -31,7 +45,9 @@ class ScriptedEngine:
                         content=parsed.content if parsed.ok else text,
                         tool_calls=calls,
                         parse_error=parsed.error,
-                        token_ids=list(range(len(text.split()))),
+                        token_ids=ids,
+                        logprobs=logprobs,
+                        policy_version=self.policy_version,
                     )
                 ]
                 * r.params.n

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from agentfactory.model import K2Config, K2ForCausalLM, load_tokenizer, train_tokenizer
+from agentfactory.model.chat import IM_END, render_assistant
 from agentfactory.model.tokenizer import save_tokenizer
 from agentfactory.rl.batch import TrainRow, collate_rows, group_batches, policy_update, reward_metrics
 from agentfactory.rl.config import EnvSpec, RLConfig
@@ -50,6 +51,19 @@ def test_collate_aligns_targets_and_masks():
     assert t["fresh"][0].tolist() == [0, 0, 0, 0, 1, 1]
     assert t["mask"][1].tolist() == [0, 1, 0, 0, 0, 0]
     assert t["group"].tolist() == [0, 1]
+
+
+def test_collate_masks_environment_tokens_of_multi_turn_rows():
+    r = _row("a", 1.0, n=6, p=3, version=2)
+    r.mask, r.logprobs = [1, 1, 0, 0, 1, 1], [-0.5, -0.5, 0.0, 0.0, -0.5, -0.5]
+    t = collate_rows([r, _row("b", 0.0, n=2, p=2, version=2)], pad_id=0, version=2)
+    assert t["mask"][0].tolist() == [0, 0, 1, 1, 0, 0, 1, 1]  # targets 2..7 are the response
+    assert t["fresh"][0].tolist() == t["mask"][0].tolist()  # env tokens are neither fresh nor stale
+    assert t["behavior"][0].tolist() == [0, 0, -0.5, -0.5, 0, 0, -0.5, -0.5]
+    assert t["mask"][1].tolist() == [0, 1, 1, 0, 0, 0, 0, 0]  # no mask: every response token
+    model = _tiny_model()
+    stats = policy_update(model, [r], LossConfig(), pad_id=0, version=2, micro_batch_size=4)
+    assert stats["tokens/train"] == 4 and stats["tokens/stale"] == 0
 
 
 def _tiny_model(vocab: int = 64) -> K2ForCausalLM:
@@ -234,8 +248,7 @@ def test_pipeline_config_loads_and_rejects_what_the_loop_cannot_run():
     root = Path(__file__).parents[2]
     cfg = load_config(root / "pipelines" / "rl.yaml", RLConfig)
     assert {e.kind for e in cfg.envs} == {"math", "reasoning_gym", "rubric"} and cfg.rollout.enabled
-    with pytest.raises(ValidationError, match="multi-turn"):
-        RLConfig(model="m", envs=[EnvSpec(kind="tool_use")])
+    assert RLConfig(model="m", envs=[EnvSpec(kind="tool_use"), EnvSpec(kind="math")])  # multi-turn too
     with pytest.raises(ValidationError, match="critic"):
         RLConfig(model="m", envs=[EnvSpec(kind="rubric")], critic={"enabled": False})
     with pytest.raises(ValidationError, match="ptx"):
@@ -263,3 +276,89 @@ def test_ptx_term_is_mixed_in(tiny_checkpoint, tmp_path):
     row = loop.step()
     assert row["ptx_loss"] > 0 and row["loss"] == pytest.approx(row["rl_loss"] + 0.5 * row["ptx_loss"])
     assert loop.ptx_seen == 4
+
+
+# ----------------------------------------------------------------------------- multi-turn envs
+
+
+TOOL_USE = {"world_seeds": [0], "agents": {"distractor_fraction": 0.0, "cross_domain": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def tool_checkpoint(tmp_path_factory):
+    """A debug model whose tokenizer knows the tool-use prompts (~4x fewer tokens than the math one's:
+    the rows are whole episodes, and their length sets the test's time)."""
+    from agentfactory.model.chat import render
+    from agentfactory.rl.envs import ToolUseEnv, ToolUseEnvConfig
+
+    env = ToolUseEnv(ToolUseEnvConfig.model_validate(TOOL_USE))
+    tasks = [env.reset(s) for s in range(40)]
+    texts = [render([m.to_openai() for m in t.prompt], [x.to_openai() for x in t.tools]) for t in tasks]
+    texts += [f"Compute {i} + {j}. \\boxed{{{i + j}}}" for i in range(10) for j in range(10)]
+    tok = train_tokenizer(texts, 1024)
+    torch.manual_seed(0)
+    cfg = K2Config.preset("debug", vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=3)
+    path = tmp_path_factory.mktemp("rl-tools") / "model"
+    K2ForCausalLM(cfg).save_pretrained(path)
+    save_tokenizer(tok, path)
+    return path
+
+
+def _tool_engine(tokenizer) -> ScriptedEngine:
+    """Token-in-token-out replies: math prompts get a boxed guess; a tool-use episode asks for the
+    email (the user answers), calls its first declared tool (a result comes back), then finishes."""
+
+    def reply(request):
+        text = engine.prompt_text(request)
+        if "tool_declare" not in text:
+            return "\\boxed{0}"
+        turn = text.count("<|im_assistant|>") - 1
+        tools = json.loads(text.split("tool_declare<|im_middle|>")[1].split("<|im_end|>")[0])
+        call = {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": tools[0]["function"]["name"], "arguments": "{}"}}
+        ]}  # fmt: skip
+        return ["Could you tell me your email?", render_assistant(call)[: -len(IM_END)], "All done."][turn]
+
+    engine = ScriptedEngine(reply, tokenizer=tokenizer)
+    return engine
+
+
+def test_loop_trains_tool_use_episodes_beside_single_turn_groups(tool_checkpoint, tmp_path, monkeypatch):
+    trained: list[list[TrainRow]] = []
+    train = RLLoop.train
+    monkeypatch.setattr(RLLoop, "train", lambda self, rows: trained.append(rows) or train(self, rows))
+    cfg = _config(
+        tool_checkpoint,
+        tmp_path / "tools",
+        iterations=1,
+        prompts_per_iteration=2,
+        envs=[
+            EnvSpec(kind="tool_use", weight=2, config=TOOL_USE),
+            EnvSpec(kind="math", config={"families": ["arithmetic"], "difficulty": 1}),
+        ],
+    )
+    tok = load_tokenizer(tool_checkpoint)
+    result = rl_run(cfg, engine=_tool_engine(tok))
+    metrics = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    (m,) = metrics
+    assert m["episodes/groups"] == 1 and m["groups/added"] == 2 and "reward/math" in m
+    assert (
+        m["episodes/turns_mean"] == 3 and m["episodes/tool_calls_mean"] == 1 and m["episodes/env_tokens"] > 0
+    )
+    assert "reward/tool_use" in m and "component/rubric" in m and "metric/correct" in m
+
+    rows = [r for batch in trained for r in batch if r.env == "tool_use"]
+    im_end = tok.convert_tokens_to_ids(IM_END)
+    for r in rows:
+        assert len(r.mask) == len(r.response_ids) == len(r.logprobs) == len(r.versions)
+        assert 0 in r.mask and r.mask[-1] == 1 and r.response_ids[-1] == im_end
+        assert all(lp == 0.0 for lp, k in zip(r.logprobs, r.mask, strict=True) if not k)
+        # three sampled turns, each ending in <|im_end|>: the policy's tokens, nothing rendered
+        assert sum(1 for t, k in zip(r.response_ids, r.mask, strict=True) if k and t == im_end) == 3
+    sampled = sum(sum(r.mask or [1] * len(r.response_ids)) for r in trained[0])
+    assert m["tokens/train"] == sampled  # environment tokens get no loss
+
+    # resume: tool-use groups finish within their iteration, the checkpoint needs nothing more
+    result = rl_run(cfg.model_copy(update={"iterations": 2}), engine=_tool_engine(tok))
+    metrics = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2] and result.policy_version == 3

@@ -11,8 +11,10 @@ task and the trajectory.
 Reward: the task rubric's weighted programmatic score (`rubric`, weight 1), with `correct` (every
 check passed) and `completed` as metrics, plus the shared penalties: `format_error` when the
 policy's output could not be parsed (the episode ends in `error`) and `over_budget` when a turn hit
-the kind's token budget. Multi-turn token ids here are the assistant turns only, concatenated; the
-training loop re-renders environment turns with `model.chat.encode_continuation`.
+the kind's token budget (per turn). `trajectory.token_ids` are the assistant turns' sampled ids,
+concatenated; given the policy's tokenizer, episodes are token-in-token-out (`synth.tito`) and
+`meta["tito"]` holds the whole episode as the engine saw it (prompt, sampled turns, environment
+turns, with the mask of sampled tokens): what the RL loop trains on.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import Field
 
 from agentfactory.config import StrictModel
 from agentfactory.llm.base import Engine, SamplingParams
+from agentfactory.model.chat import TokenizerLike
 from agentfactory.records import Message, RewardBreakdown, RolloutStatus, Task, Trajectory
 from agentfactory.rl.envs.base import EnvTask
 from agentfactory.rl.rewards import (
@@ -100,8 +103,14 @@ class ToolUseEnv:
     verifiable = True
     rewards: tuple[RewardFn, ...] = (rubric, correct, completed, format_error, over_budget, response_tokens)
 
-    def __init__(self, config: ToolUseEnvConfig | None = None, domains: dict[str, Domain] | None = None):
+    def __init__(
+        self,
+        config: ToolUseEnvConfig | None = None,
+        domains: dict[str, Domain] | None = None,
+        tokenizer: TokenizerLike | None = None,
+    ):
         self.config = config or ToolUseEnvConfig()
+        self.tokenizer = tokenizer  # the policy's: token-in-token-out episodes (None: messages)
         self.domains = domains or {d.name: d for d in (find_domain(n) for n in self.config.domains)}
         self.tasks: list[Task] = [
             t for d in self.domains.values() for t in sample_tasks(d, self.config.world_seeds)
@@ -143,7 +152,7 @@ class ToolUseEnv:
     ) -> list[list[Trajectory]]:
         """`n` episodes per task, all advanced in lockstep (one engine batch per round)."""
         p = params.model_copy(update={"n": 1, "max_tokens": min(params.max_tokens, budget), "logprobs": True})
-        agent = PolicyAgent(engine, p)
+        agent = PolicyAgent(engine, p, self.tokenizer)
         openings: dict[str, str] = {}
         states: list[EpisodeState] = []
         for et in tasks:
