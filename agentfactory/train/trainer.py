@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from agentfactory.model import K2Config, K2ForCausalLM, load_tokenizer, update_router_bias
+from agentfactory.model import K2Config, K2ForCausalLM, expert_parallel, load_tokenizer, update_router_bias
 from agentfactory.model.moe import MoE
 from agentfactory.optim import build_optimizer
 from agentfactory.train import distributed as dist_utils
@@ -107,14 +107,13 @@ class Trainer:
         par = config.parallel
         if par.gpus is not None and par.gpus != d.world:
             raise ValueError(f"parallel.gpus is {par.gpus} but the job has {d.world} processes")
-        if par.ep > 1:
-            raise ValueError("parallel.ep > 1 is not supported by the trainer yet")
+        if d.world % par.ep:
+            raise ValueError(f"parallel.ep ({par.ep}) must divide the number of processes ({d.world})")
         self.model = build_model(config, tokenizer, d.device)
         self.model.gradient_checkpointing = par.activation_checkpointing
         self.model.train()
         self.model.set_track_max_logits(True)
-        if d.enabled:
-            dist_utils.shard_model(self.model, d)
+        self.experts = dist_utils.shard_model(self.model, d, par.ep) if d.enabled else None
         self.opt = build_optimizer(self.model, config.optimizer)
         self.autocast = (
             torch.autocast(d.device.type, dtype=torch.bfloat16)
@@ -142,7 +141,7 @@ class Trainer:
                 f"{found} was trained on different data (fingerprint {state.data_fingerprint}, now "
                 f"{self.state.data_fingerprint}); use a new output_dir or resume: false"
             )
-        dist_utils.load_full_state(self.model, self.opt.optimizers, model_sd, optim_sd)
+        dist_utils.load_full_state(self.model, self.opt.optimizers, model_sd, optim_sd, self.experts)
         for group in self.opt.param_groups:  # the config's peak lrs win over the checkpoint's
             group["initial_lr"] = self.config.optimizer.lr if group["kind"] == "muon" else self._adamw_lr
         self.state = state
@@ -157,7 +156,7 @@ class Trainer:
         return self.config.optimizer.adamw_lr or self.config.optimizer.lr
 
     def save(self) -> Path:
-        model_sd, optim_sd = dist_utils.full_state(self.model, self.opt.optimizers)
+        model_sd, optim_sd = dist_utils.full_state(self.model, self.opt.optimizers, self.experts)
         path = self.out / "checkpoint"
         if self.d.is_main:
             save_checkpoint(path, model_sd, optim_sd, self.state)
@@ -170,7 +169,7 @@ class Trainer:
 
         model_dir = self.out / "model"
         if self.d.enabled:
-            model_sd, _ = dist_utils.full_state(self.model, ())
+            model_sd, _ = dist_utils.full_state(self.model, (), self.experts)
             if self.d.is_main:
                 plain = K2ForCausalLM(self.model.config)
                 plain.load_state_dict(model_sd)
@@ -214,7 +213,9 @@ class Trainer:
         loss_value = dist_utils.all_reduce_(ce_total, d).item() / max(n_targets, 1)
         if not math.isfinite(loss_value):
             self._diverged(step, f"loss is {loss_value}")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip or float("inf"))
+        # Under EP, dense and expert DTensors sit on different meshes: clip by the norm over all shards.
+        clip = expert_parallel.clip_grad_norm_ if self.experts else torch.nn.utils.clip_grad_norm_
+        grad_norm = clip(list(self.model.parameters()), c.grad_clip or float("inf"))
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         if not math.isfinite(grad_norm):
             self._diverged(step, f"gradient norm is {grad_norm}")

@@ -117,6 +117,37 @@ def test_two_process_checkpoint_resumes_in_one_process(setup_dir, one):
         assert abs(a["loss"] - b["loss"]) < 1e-4, (a["step"], a["loss"], b["loss"])
 
 
+def test_expert_parallel_matches_one_process(setup_dir, one):
+    # EP=2 on 2 processes: each rank holds 4 of the 8 experts, tokens travel by all-to-all.
+    ep = _train(setup_dir, "ep2", 2, "parallel.ep=2")
+    for a, b in zip(one, ep, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
+        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"]
+        assert a["clipped_heads"] == b["clipped_heads"] and a["expert_load"] == b["expert_load"]
+    model = K2ForCausalLM.from_pretrained(setup_dir / "ep2" / "model")  # experts gathered for the export
+    assert model.layers[1].mlp.experts.gate_proj.shape[0] == model.config.n_routed_experts
+
+
+def test_expert_parallel_with_replicas_and_checkpointing_matches_one(setup_dir, one):
+    # 4 processes, EP=2: two EP groups, each rank's experts FSDP-sharded over its 2 replicas.
+    ep = _train(
+        setup_dir, "ep2x2", 4, "parallel.ep=2", "micro_batch_size=2", "parallel.activation_checkpointing=true"
+    )
+    for a, b in zip(one, ep, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
+        assert a["expert_load"] == b["expert_load"]
+
+
+def test_expert_parallel_checkpoints_hand_off_both_ways(setup_dir, one):
+    _train(setup_dir, "ep_to_one", 2, "parallel.ep=2", "steps=3", "save_model=false")
+    resumed = _train(setup_dir, "ep_to_one", 1, "steps=5", "save_model=false")  # full experts gathered
+    _train(setup_dir, "one_to_ep", 1, "steps=3", "save_model=false")
+    resumed_ep = _train(setup_dir, "one_to_ep", 2, "parallel.ep=2", "steps=5", "save_model=false")
+    for run in (resumed, resumed_ep):
+        for a, b in zip(one[3:], run[3:], strict=True):
+            assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
+
+
 MUON_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from torch import nn
