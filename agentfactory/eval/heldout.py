@@ -34,6 +34,10 @@ class EvalConfig(StrictModel):
     max_tasks: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1, description="episodes advanced in lockstep (one engine batch per turn)")
     limits: EpisodeLimits = Field(default_factory=EpisodeLimits)
+    agents: AgentSampling = Field(
+        default_factory=lambda: AgentSampling(distractor_fraction=1.0, cross_domain=0.0),
+        description="agents drawn per task (default: the task's own domain with all its tools)",
+    )
     temperature: float = Field(0.0, ge=0, description="0: greedy")
     max_tokens: int = Field(192, ge=8)
     seed: int = 1234
@@ -60,10 +64,8 @@ def evaluate(agent: Agent, config: EvalConfig, tasks: list[Task] | None = None) 
     judge = Judge(JudgeConfig(threshold=1.0))
     results = []
     for start in range(0, len(tasks), config.batch_size):
-        # Only the task's own domain, all its tools: evaluation measures the skill, not the tool mix.
-        sampling = AgentSampling(distractor_fraction=1.0, cross_domain=0.0)
         states = [
-            start_episode(task, domains, sampling, random.Random(f"eval:{config.seed}:{task.id}"))
+            start_episode(task, domains, config.agents, random.Random(f"eval:{config.seed}:{task.id}"))
             for task in tasks[start : start + config.batch_size]
         ]
         trajs = run_episodes(states, agent, ScriptedUser(), config.limits)

@@ -14,7 +14,7 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import Field
 
@@ -50,6 +50,11 @@ class AgentSampling(StrictModel):
     )
     cross_domain: float = Field(0.2, ge=0, le=1, description="probability of adding tools of another domain")
     cross_domain_tools: int = Field(2, ge=0)
+    prompt: Literal["full", "compact"] = Field(
+        "full",
+        description="full: the domain's description and policy, tools as declared; compact: one line "
+        "of role and tools with their first sentence and no parameter prose (~4x fewer prompt tokens)",
+    )
 
 
 def system_prompt(domains: Sequence[Domain], style: str, today: str | None = None) -> str:
@@ -64,6 +69,39 @@ def system_prompt(domains: Sequence[Domain], style: str, today: str | None = Non
         parts.append(f"Today is {today}.")
     parts.append("Use the tools to look things up and make changes; never invent ids or results.")
     return "\n\n".join(parts)
+
+
+def compact_system_prompt(domains: Sequence[Domain], style: str) -> str:
+    """Role in one line: small models (and the quickstart's 15 minutes) cannot afford a page of policy
+    per conversation; what the policy implies is learned from the trajectories instead."""
+    services = " and ".join(first_sentence(d.description) for d in domains)
+    return f"You are {style or 'an'} assistant. Service: {services} Use the tools; never invent ids."
+
+
+def first_sentence(text: str) -> str:
+    text = " ".join(text.split())
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
+_PROSE = {"description", "additionalProperties", "title", "examples"}
+
+
+def compact_tool(spec: ToolSpec) -> ToolSpec:
+    """The tool with its first sentence and a bare parameter schema (types, enums, required)."""
+
+    def bare(schema: Any) -> Any:
+        if isinstance(schema, list):
+            return [bare(v) for v in schema]
+        if not isinstance(schema, dict):
+            return schema
+        out = {k: bare(v) for k, v in schema.items() if k not in _PROSE and k != "properties"}
+        if isinstance(schema.get("properties"), dict):  # keys here are parameter names, not keywords
+            out["properties"] = {name: bare(v) for name, v in schema["properties"].items()}
+        return out
+
+    parameters = bare(spec.parameters)
+    return spec.model_copy(update={"description": first_sentence(spec.description), "parameters": parameters})
 
 
 def sample_agent(task: Task, domains: dict[str, Domain], cfg: AgentSampling, rng: random.Random) -> AgentSpec:
@@ -85,7 +123,11 @@ def sample_agent(task: Task, domains: dict[str, Domain], cfg: AgentSampling, rng
             used.append(other)
     rng.shuffle(specs)
     style = rng.choice(STYLES)
-    prompt = system_prompt(used, style)
+    if cfg.prompt == "compact":
+        prompt = compact_system_prompt(used, style)
+        specs = [compact_tool(s) for s in specs]
+    else:
+        prompt = system_prompt(used, style)
     key = json.dumps([prompt, [s.name for s in specs]], sort_keys=True)
     return AgentSpec(
         id=hashlib.sha256(key.encode()).hexdigest()[:12],

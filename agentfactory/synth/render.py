@@ -73,3 +73,22 @@ def trajectory_html(traj: Trajectory) -> str:
         + "\n".join(rows)
         + "</div>"
     )
+
+
+def trajectory_text(traj: Trajectory) -> str:
+    """A conversation as plain prose, the way a support log reads on the web: pretraining text that
+    teaches the worlds and the language but not the chat template or the tool-call syntax (which
+    only SFT teaches, so the base → SFT gain in the report measures what SFT adds)."""
+    lines = []
+    for m in traj.messages:
+        if m.role == "system":
+            lines.append(m.content or "")
+        elif m.role == "tool":
+            lines.append(f"The system answered: {m.content}")
+        else:
+            who = "Customer" if m.role == "user" else "Agent"
+            if m.content:
+                lines.append(f"{who}: {m.content}")
+            for c in m.tool_calls or []:
+                lines.append(f"The agent ran {c.name} with {_args(c.arguments)}.")
+    return "\n".join(lines)

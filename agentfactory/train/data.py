@@ -251,14 +251,17 @@ def step_micro_batches(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This process's micro-batches for the step whose first global sample is `start`.
 
-    Micro-batch j of rank r holds global rows [(j·world + r)·mb, +mb). All are padded to the longest
-    row of the whole step, so the tokens (and hence expert loads) are the same for any world size.
+    The step's rows are sorted by length and cut into global micro-batches of `micro_batch_size`,
+    each padded only to its own longest row (conversations vary 3-4x in length: padding a step to
+    its longest row wasted ~40% of SFT compute). Global micro-batch m goes to rank m mod world, so
+    the padded tokens (and hence expert loads) are the same for any world size.
     """
     rows = sample_indices(len(dataset), start, batch_size, seed)
-    length = max(dataset.ids[r].shape[0] for r in rows)
+    rows = sorted(rows, key=lambda r: dataset.ids[r].shape[0])
     per_rank = batch_size // world
     out = []
     for j in range(per_rank // micro_batch_size):
         first = (j * world + rank) * micro_batch_size
-        out.append(collate(dataset, rows[first : first + micro_batch_size], length))
+        chunk = rows[first : first + micro_batch_size]
+        out.append(collate(dataset, chunk, max(dataset.ids[r].shape[0] for r in chunk)))
     return out
