@@ -497,8 +497,8 @@ def synth_run(
         raise typer.Exit(1)
     try:
         run_synth_stage(cfg, out, use_ray=not no_ray, overwrite=overwrite)
-    except (RunMismatch, ValueError) as e:
-        err.print(str(e), markup=False)
+    except (RunMismatch, ValueError, OSError) as e:  # ValueError includes NotWritable (output dir)
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -575,8 +575,8 @@ def _train(kind: str, config: Path, overrides: list[str] | None) -> None:
         _fail(e)
     try:
         result = fn(cfg)
-    except (DataError, TrainingDiverged, ValueError, FileNotFoundError) as e:
-        err.print(f"{kind} failed: {e}", markup=False)
+    except (DataError, TrainingDiverged, ValueError, OSError) as e:  # ValueError: also NotWritable
+        err.print(f"{kind} failed: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
     out.print(

@@ -8,6 +8,7 @@ error (YAML syntax, JSON Schema, pydantic, semantic rules) can be reported as `f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,3 +228,24 @@ def load_config(path: str | Path, cls: type[M], overrides: Iterable[str] = ()) -
         )
     apply_overrides(data, overrides, positions)
     return validate(cls, data, positions)
+
+
+class NotWritable(ValueError):
+    """An output directory cannot be created or written; the message names the path and why."""
+
+
+def writable_dir(path: str | Path) -> Path:
+    """Create `path` if needed and prove it writable by writing a probe file, so that a run stops at
+    once with one clear line instead of a traceback deep inside a stage (mode bits alone would not
+    tell: root ignores them, and a read-only mount or a file in the way is only found by trying)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotWritable(f"{path}: not writable (a file is in the way of this output directory)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise NotWritable(f"{path}: not writable ({e.strerror or e})") from None
+    return path

@@ -14,7 +14,7 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from agentfactory.config import StrictModel
+from agentfactory.config import StrictModel, writable_dir
 from agentfactory.stages import CorpusStage, EvalStage, RLStage, TokenizerStage, TrainStage, run_model_stages
 from agentfactory.synth.config import SynthConfig
 from agentfactory.tools import domain_files, load_domain
@@ -104,8 +104,7 @@ def run_domains(stage: DomainsStage, run_dir: Path, console: Console) -> dict:
 def run_pipeline(config: PipelineConfig, console: Console | None = None) -> dict:
     """Run the configured stages in order; returns a summary per stage."""
     console = console or Console()
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = writable_dir(config.run_dir)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2, by_alias=True))
     results: dict[str, dict] = {}
     if config.domains is not None:
@@ -136,7 +135,7 @@ def run_synth_stage(
     from agentfactory.synth.pipeline import run_synth
     from agentfactory.synth.store import ShardStore
 
-    out = config.run_dir / "synth"
+    out = writable_dir(config.run_dir / "synth")
     if overwrite and out.exists():
         shutil.rmtree(out)
     summary = run_synth(config.synth, out, console, use_ray=use_ray)

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agentfactory.config import writable_dir
 from agentfactory.records import Task, Trajectory
 from agentfactory.synth.config import SynthConfig
 from agentfactory.synth.store import ShardStore
@@ -162,6 +163,7 @@ def run_synth(
     """Run (or resume) synthesis into `out_dir`; returns the summary also written to the manifest."""
     console = console or Console()
     t0 = time.perf_counter()
+    writable_dir(out_dir)
     paths = domain_paths(config)
     store = ShardStore(out_dir, config.fingerprint(), config.shard_size)
     store.write_manifest({"status": "running"})

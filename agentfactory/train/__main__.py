@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     cls, fn = (PretrainConfig, pretrain) if args.kind == "pretrain" else (SFTConfig, sft)
     try:
         result = fn(load_config(args.config, cls, args.overrides))
-    except (ConfigError, TrainingDiverged, ValueError) as e:
+    except (ConfigError, TrainingDiverged, ValueError, OSError) as e:  # ValueError: also NotWritable
         print(f"error: {e}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":

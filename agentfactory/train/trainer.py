@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
+from agentfactory.config import writable_dir
 from agentfactory.model import K2Config, K2ForCausalLM, expert_parallel, load_tokenizer, update_router_bias
 from agentfactory.model.moe import MoE
 from agentfactory.optim import build_optimizer
@@ -60,12 +61,14 @@ class TrainResult:
 
 def pretrain(config: PretrainConfig, **kwargs: Any) -> TrainResult:
     """Train (or continue training) a K2 model on packed text; see `train` for the keyword args."""
+    writable_dir(config.output_dir)  # fail before tokenizing the data
     tokenizer = load_tokenizer(config.tokenizer)
     return train(config, load_text(config.data, tokenizer), tokenizer, **kwargs)
 
 
 def sft(config: SFTConfig, **kwargs: Any) -> TrainResult:
     """Supervised fine-tuning on chat data (loss on assistant tokens only); see `train`."""
+    writable_dir(config.output_dir)  # fail before tokenizing the data
     tokenizer = load_tokenizer(config.tokenizer)
     return train(config, load_chat(config.data, tokenizer), tokenizer, **kwargs)
 
@@ -290,6 +293,7 @@ def train(
 ) -> TrainResult:
     """Run (or resume) training to `config.steps`. `on_step(metrics)` is called after every step
     (after its checkpoint, if any), on every process."""
+    writable_dir(config.output_dir)
     d = dist_utils.setup(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -123,3 +123,23 @@ def test_rl_run_reports_bad_config(tmp_path):
     assert r.exit_code == 1 and "unknown key 'iterationz'" in r.stderr
     r = runner.invoke(app, ["rl", "run", "pipelines/rl.yaml", "--set", "model=/nonexistent/model"])
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception  # handled, no traceback
+
+
+def test_read_only_output_is_one_clear_line(tmp_path):
+    # The tests run as root (mode bits do not stop root), so "read-only" is a file where the output
+    # directory must go: the same check (mkdir + a probe write) reports EACCES/EROFS the same way.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    r = runner.invoke(app, ["synth", "run", "pipelines/tool_sft.yaml", "--set", f"output_dir={blocker}"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception  # no traceback
+    assert r.stderr.strip() == f"{blocker}/tool_sft/synth: not writable (Not a directory)"
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(
+        f"model: {{preset: debug}}\ntokenizer: /nonexistent\ndata: {{paths: [x.jsonl]}}\noutput_dir: {blocker}\n"
+    )
+    r = runner.invoke(app, ["train", "sft", str(cfg)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception
+    assert (
+        r.stderr.strip()
+        == f"sft failed: {blocker}: not writable (a file is in the way of this output directory)"
+    )

@@ -67,3 +67,30 @@ def test_files_that_are_not_yaml_mappings(tmp_path):
     (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(tmp_path / "latin1.yaml", Cfg)
+
+
+def test_writable_dir_names_the_path_and_why(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from agentfactory.config import NotWritable, writable_dir
+
+    assert writable_dir(tmp_path / "a" / "b").is_dir() and not list((tmp_path / "a" / "b").iterdir())
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(NotWritable, match=f"^{afile}: not writable .*file is in the way"):
+        writable_dir(afile)
+    with pytest.raises(NotWritable, match=f"^{afile / 'sub'}: not writable \\(Not a directory\\)"):
+        writable_dir(afile / "sub")
+    if os.geteuid() != 0:  # root ignores mode bits; the EACCES path is also covered below
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        with pytest.raises(NotWritable, match="not writable \\(Permission denied\\)"):
+            writable_dir(ro)
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", denied)  # what a read-only mount or chmod 555 gives
+    with pytest.raises(NotWritable, match=f"^{tmp_path}: not writable \\(Permission denied\\)$"):
+        writable_dir(tmp_path)
