@@ -1,16 +1,19 @@
 """Episodes with a k2-mini policy on the real vLLM-CPU engine: a random model's poor outputs (garbage,
-cut-off turns, prompts over the context) become failure records and rejections, never crashes."""
+cut-off turns, prompts over the context) become failure records and rejections, never crashes; the
+episodes are token-in-token-out, their traces hold exactly the ids the engine sampled."""
 
 import random
 from collections import Counter
 
 from agentfactory.llm.base import SamplingParams
+from agentfactory.model.chat import encode
 from agentfactory.records import Message, RolloutStatus
 from agentfactory.synth.agents import AgentSampling, PolicyAgent
 from agentfactory.synth.config import SynthConfig
 from agentfactory.synth.episode import EpisodeLimits, run_episodes, start_episode
 from agentfactory.synth.judge import Judge
 from agentfactory.synth.pipeline import domain_paths, make_tasks
+from agentfactory.synth.tito import TokenTrace, engine_tokenizer
 from agentfactory.synth.users import ScriptedUser
 from agentfactory.tools import find_domain
 
@@ -31,7 +34,8 @@ def test_random_policy_episodes_are_failure_records(vllm_engine):
     ]
     for s in states:
         s.messages[0] = Message(role="system", content="You are a shop assistant. Use the tools.")
-    agent = PolicyAgent(vllm_engine, SamplingParams(temperature=1.0, max_tokens=48, logprobs=True))
+    params = SamplingParams(temperature=1.0, max_tokens=48, logprobs=True)
+    agent = PolicyAgent(vllm_engine, params, engine_tokenizer(vllm_engine))  # token-in-token-out
     trajs = run_episodes(states, agent, ScriptedUser(), EpisodeLimits(max_turns=3))
     statuses = Counter(t.status for t in trajs)
     print("statuses:", dict(statuses))
@@ -43,6 +47,14 @@ def test_random_policy_episodes_are_failure_records(vllm_engine):
     sampled = [t for t in trajs if t.token_ids]
     assert sampled, "no episode got a single sampled turn"
     assert all(len(t.token_ids) == len(t.logprobs) for t in sampled)
+    for s, t in zip(states, trajs, strict=True):  # the exact ids the engine saw and sampled (issue #8)
+        trace = TokenTrace.model_validate(t.meta["tito"])
+        tools = [x.to_openai() for x in s.agent.tools]
+        first = [m.to_openai() for m in t.messages[:2]]
+        if trace.ids:
+            assert trace.ids[: trace.prompt_tokens] == encode(vllm_engine.tokenizer, first, tools, True)
+        assert trace.sampled == len(t.token_ids or []) and len(trace.mask) == len(trace.ids)
+        assert [x for x, k in zip(trace.ids, trace.mask, strict=True) if k] == (t.token_ids or [])
     verdicts = [
         Judge().judge(s.task, t, s.tools.state, random.Random(0)) for s, t in zip(states, trajs, strict=True)
     ]
