@@ -23,8 +23,8 @@ the same weights. Each iteration:
 
 Every iteration appends one row to `<output_dir>/metrics.jsonl`: `reward/<env>`, `component/<name>`,
 `time/rollout|train|sync`, `kl`, `mismatch/*` (trainer vs engine logprobs of the same tokens),
-`staleness/*`, `clipped_heads`, `tokens/*`. Checkpoints (model, optimizer, buffer, iteration,
-version, RNG) make a killed run continue where it stopped; the final policy is saved as a HF
+`staleness/*`, `episodes/*` (tool use), `clipped_heads`, `tokens/*`. Checkpoints (model, optimizer, buffer,
+iteration, version, RNG) make a killed run continue where it stopped; the final policy is saved as a HF
 checkpoint + tokenizer in `<output_dir>/model` for evaluation on vLLM.
 """
 
