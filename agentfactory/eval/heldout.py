@@ -110,7 +110,10 @@ def evaluate_engine(
 ) -> dict[str, Any]:
     """Evaluate a model on an engine (greedy by default); write `<out>/<label>.json` if `out` is given."""
     params = SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens, logprobs=False)
-    summary = evaluate(PolicyAgent(engine, params), config)
+    from agentfactory.synth.tito import engine_tokenizer
+
+    # Token-in-token-out, as in RL: the model continues from the exact ids it sampled.
+    summary = evaluate(PolicyAgent(engine, params, tokenizer=engine_tokenizer(engine)), config)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{label}.json").write_text(json.dumps(summary, indent=2))

@@ -281,7 +281,7 @@ def test_ptx_term_is_mixed_in(tiny_checkpoint, tmp_path):
 # ----------------------------------------------------------------------------- multi-turn envs
 
 
-TOOL_USE = {"world_seeds": [0], "agents": {"distractor_fraction": 0.0, "cross_domain": 0.0}}
+TOOL_USE = {"world_seeds": [100], "agents": {"distractor_fraction": 0.0, "cross_domain": 0.0}}
 
 
 @pytest.fixture(scope="module")

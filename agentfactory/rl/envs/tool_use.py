@@ -53,7 +53,8 @@ from agentfactory.tools.tasks import sample_tasks
 class ToolUseEnvConfig(StrictModel):
     domains: list[str] = Field(default_factory=lambda: ["retail_orders"], description="names or YAML paths")
     world_seeds: list[int] = Field(
-        default_factory=lambda: list(range(8)), description="worlds to draw tasks in"
+        default_factory=lambda: list(range(100, 108)),
+        description="worlds to draw tasks in (held-out evaluation uses worlds 0..99: keep clear of them)",
     )
     agents: AgentSampling = Field(default_factory=AgentSampling)
     limits: EpisodeLimits = Field(default_factory=EpisodeLimits)
