@@ -613,6 +613,7 @@ def rl_run_cmd(
     overrides: Overrides = None,
 ) -> None:
     """Colocated RL from an SFT checkpoint; resumes from <output_dir>/checkpoint; NaN stops cleanly."""
+    from agentfactory.llm.vllm_health import EngineDeadError
     from agentfactory.rl.config import RLConfig
     from agentfactory.rl.loop import rl_run
     from agentfactory.train import TrainingDiverged
@@ -629,7 +630,8 @@ def rl_run_cmd(
         raise typer.Exit(1)
     try:
         result = rl_run(cfg, console=out)
-    except (TrainingDiverged, ValueError, OSError) as e:  # OSError: a model path that is not a checkpoint
+    # OSError: a model path that is not a checkpoint; EngineDeadError: vLLM died again after a restart
+    except (TrainingDiverged, ValueError, OSError, EngineDeadError) as e:
         err.print(f"rl failed: {e}", markup=False)
         raise typer.Exit(1) from None
     reward = f"{result.final_reward:.3f}" if result.final_reward is not None else "n/a"

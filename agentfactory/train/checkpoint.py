@@ -7,7 +7,8 @@ Layout of `output_dir/checkpoint/`:
     rng.pt        torch and Python RNG states of rank 0
 The learning-rate schedule is a pure function of the step, so it needs no state. A checkpoint is
 written to `checkpoint.tmp/` and swapped in by renames, so a crash while saving leaves the previous
-checkpoint intact: the last good checkpoint always survives.
+checkpoint intact: the last good checkpoint always survives. `keep_rows_through` cuts a metrics log
+back to the checkpoint on resume, atomically, so a kill at any moment loses no row and duplicates none.
 """
 
 from __future__ import annotations
@@ -64,6 +65,23 @@ def find_checkpoint(directory: Path) -> Path | None:
     if not (directory / "trainer.json").exists() and (old / "trainer.json").exists():
         old.rename(directory)
     return directory if (directory / "trainer.json").exists() else None
+
+
+def keep_rows_through(metrics: Path, key: str, last: int) -> None:
+    """Keep the jsonl rows with `row[key] <= last` (dropping a torn line a kill may leave), replacing
+    the file by a rename: a kill during the rewrite leaves the old file or the new one, never less."""
+    if not metrics.exists():
+        return
+    kept = []
+    for line in metrics.read_text().splitlines():
+        try:
+            if json.loads(line).get(key, 0) <= last:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+    tmp = metrics.with_name(metrics.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(metrics)
 
 
 def load_checkpoint(directory: Path) -> tuple[dict, dict, TrainerState]:

@@ -37,7 +37,13 @@ from agentfactory.model import K2Config, K2ForCausalLM, expert_parallel, load_to
 from agentfactory.model.moe import MoE
 from agentfactory.optim import build_optimizer
 from agentfactory.train import distributed as dist_utils
-from agentfactory.train.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
+from agentfactory.train.checkpoint import (
+    TrainerState,
+    find_checkpoint,
+    keep_rows_through,
+    load_checkpoint,
+    save_checkpoint,
+)
 from agentfactory.train.config import PretrainConfig, SFTConfig, TrainConfig
 from agentfactory.train.data import IGNORE, DataError, DataStats, TokenDataset, load_chat, load_text
 from agentfactory.train.data import step_micro_batches as micro_batches
@@ -148,10 +154,8 @@ class Trainer:
         for group in self.opt.param_groups:  # the config's peak lrs win over the checkpoint's
             group["initial_lr"] = self.config.optimizer.lr if group["kind"] == "muon" else self._adamw_lr
         self.state = state
-        if self.d.is_main and self.metrics_path.exists():  # drop rows logged after the checkpoint
-            rows = [r for r in self.metrics_path.read_text().splitlines() if r.strip()]
-            kept = [r for r in rows if json.loads(r).get("step", 0) <= state.step]
-            self.metrics_path.write_text("".join(r + "\n" for r in kept))
+        if self.d.is_main:  # drop rows logged after the checkpoint
+            keep_rows_through(self.metrics_path, "step", state.step)
         return True
 
     @property

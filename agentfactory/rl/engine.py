@@ -1,0 +1,97 @@
+"""The colocated loop's inference engine: started from the `engine:` config, recovered after a crash.
+
+`RecoveringEngine` wraps the loop's engine. When a call finds the engine core dead
+(`EngineDeadError`: kill -9, the OOM killer), it restarts the engine (`VLLMEngine.restart()`: same
+model dir and arguments), pushes the trainer's weights back at the loop's current policy version
+(`restore`), and retries the call once. In the colocated loop the engine generates only while it
+serves the trainer's weights (rollouts and critic calls come before training, and each sync pushes
+the new ones), so the retried call sees exactly the weights it would have seen. Every restart is
+printed and counted (`engine/restarts` in metrics.jsonl); after `max_restarts` the error stands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.console import Console
+
+from agentfactory.llm.base import Completion, Engine, GenerationRequest
+from agentfactory.llm.vllm_health import EngineDeadError
+from agentfactory.rl.config import RLConfig
+
+
+def start_engine(config: RLConfig) -> Engine:
+    """A VLLMEngine on `config.model` with the `engine:` settings."""
+    from agentfactory.llm.vllm_engine import VLLMEngine
+
+    e = config.engine
+    return VLLMEngine(
+        config.model,
+        tokenizer=config.tokenizer,
+        dtype=e.dtype,
+        kv_cache_memory_bytes=e.kv_cache_memory_bytes,
+        gpu_memory_utilization=e.gpu_memory_utilization,
+        max_model_len=e.max_model_len,
+        enforce_eager=e.enforce_eager,
+        seed=config.seed,
+    )
+
+
+class RecoveringEngine:
+    """Forwards to `engine`; restarts it and calls `restore()` when its core process has died."""
+
+    def __init__(
+        self, engine: Any, restore: Callable[[], Any], console: Console, max_restarts: int = 3
+    ) -> None:
+        self.engine, self.restore, self.console = engine, restore, console
+        self.max_restarts = max_restarts
+        self.recoveries: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "engine":  # not set yet (copy, pickle)
+            raise AttributeError(name)
+        return getattr(self.engine, name)
+
+    @property
+    def restarts(self) -> int:
+        """Restarts of the wrapped engine (including ones it did by itself)."""
+        return max(getattr(self.engine, "restarts", 0), len(self.recoveries))
+
+    def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except EngineDeadError as exc:
+            if len(self.recoveries) >= self.max_restarts or not hasattr(self.engine, "restart"):
+                raise
+            self.console.print(f"[yellow]engine died during {what}: {exc}; restarting it", highlight=False)
+            t0 = time.perf_counter()
+            self.engine.restart()
+            self.restore()
+            seconds = time.perf_counter() - t0
+            self.recoveries.append({"during": what, "error": str(exc), "seconds": seconds})
+            self.console.print(
+                f"engine restarted and the trainer's weights pushed back in {seconds:.1f} s "
+                f"(policy v{self.engine.policy_version})",
+                highlight=False,
+            )
+            return fn()
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        return self._retry("generate", lambda: self.engine.generate(requests))
+
+    def prompt_logprobs(self, prompts: Sequence[Sequence[int]]) -> list[list[float]]:
+        return self._retry("prompt_logprobs", lambda: self.engine.prompt_logprobs(prompts))
+
+    def update_weights(self, weights: Any, version: int) -> Any:
+        return self._retry("update_weights", lambda: self.engine.update_weights(weights, version))
+
+    def sleep(self) -> None:
+        self._retry("sleep", self.engine.sleep)
+
+    def wake_up(self) -> None:
+        self._retry("wake_up", self.engine.wake_up)
+
+    def close(self) -> None:
+        self.engine.close()
