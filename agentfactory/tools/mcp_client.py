@@ -161,10 +161,11 @@ class McpConnection:
             try:
                 client = await self._ensure()
             except Exception as e:
-                await self._drop()
-                return ToolResult(
-                    ok=False, error=f"MCP server '{self.server.name}' is unavailable: {_describe(e)}"
-                )
+                await self._drop()  # a mute server is killed; the next call starts a fresh one
+                why = _describe(e)
+                if isinstance(e, TimeoutError):
+                    why = f"no answer to the MCP handshake within {self.server.connect_timeout_s:g}s"
+                return ToolResult(ok=False, error=f"MCP server '{self.server.name}' is unavailable: {why}")
             try:
                 result = await asyncio.wait_for(client.call_tool(name, arguments), timeout)
             except TimeoutError:
