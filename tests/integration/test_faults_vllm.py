@@ -5,7 +5,8 @@
   the same greedy output as before.
 - In the colocated RL loop (weights pushed as state dicts) a killed core makes every call raise a
   clear `EngineDeadError` within seconds; the loop restarts the engine, pushes the trainer's weights
-  back and goes on: its next rollout's trainer-vs-engine logprob mismatch stays at numerics level.
+  back and goes on: the restarted engine's logprobs equal the trainer's (~1e-6), where the
+  checkpoint a bare restart reloads is off by ~0.1.
 - `agentfactory rl run` is kill -9'd at 2 seeded random points (its own engine each time) and
   resumed: the run continues from its last checkpoint, metrics rows 1..N once each. (10 kill points
   on the loop logic with a scripted engine: test_faults_rl.py.)
