@@ -387,10 +387,7 @@ class VLLMEngine(SelfHealing):
         self.sleeping = False
 
     def close(self) -> None:
-        """Stop vLLM's engine processes; the engine is unusable afterwards."""
-        self._shutdown()
-
-    def _shutdown(self) -> None:
+        """Stop vLLM's engine processes; the engine is unusable afterwards (until `restart()`)."""
         llm = getattr(self, "llm", None)
         if llm is None:
             return

@@ -98,7 +98,7 @@ class EngineWatchdog:
 
 class SelfHealing:
     """`VLLMEngine`'s crash handling: `alive`, `restart()`, and `_call`, through which every call
-    into `vllm.LLM` goes. Needs `_start()` (sets `llm`, `watchdog`, `start_s`), `_shutdown()`, `_push()`."""
+    into `vllm.LLM` goes. Needs `_start()` (sets `llm`, `watchdog`, `start_s`), `close()`, `_push()`."""
 
     llm: Any
     watchdog: EngineWatchdog
@@ -113,7 +113,7 @@ class SelfHealing:
     def _start(self) -> None:
         raise NotImplementedError
 
-    def _shutdown(self) -> None:
+    def close(self) -> None:
         raise NotImplementedError
 
     def _push(self, source: Any) -> dict[str, float]:
@@ -158,7 +158,7 @@ class SelfHealing:
         """A fresh engine core on the same model dir and arguments (+ the last checkpoint-dir weight
         update, at its version). Weights pushed as state dicts are not restored: push them again.
         Returns the start time in seconds."""
-        self._shutdown()
+        self.close()
         self._start()
         path, version = self._on_disk
         if path is not None:

@@ -91,7 +91,7 @@ class _Engine(SelfHealing):
         self.watchdog = SimpleNamespace(procs=[self.proc], dead=threading.Event(), reason=None)
         self.start_s = 0.1
 
-    def _shutdown(self) -> None:
+    def close(self) -> None:
         self.llm = None
 
     def _push(self, source):
