@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ class CorpusStage(StrictModel):
 
     world_start: int = Field(1000, ge=0)
     worlds: int = Field(10, ge=1)
+    recall_docs: int = Field(
+        0, ge=0, description="extra synthetic recall documents (lists of the corpus's ids, repeated)"
+    )
 
 
 class TrainStage(StrictModel):
@@ -76,7 +80,8 @@ def mark_done(stage_dir: Path, summary: dict) -> dict:
 
 
 def build_corpus(cfg: CorpusStage, out: Path, console: Console) -> dict:
-    """Oracle episodes over fresh worlds as plain-text logs (the pretraining 'web' of this world)."""
+    """Oracle episodes over fresh worlds as plain-text logs (the pretraining 'web' of this world),
+    plus `recall_docs` synthetic recall documents drawn from the same text."""
     from agentfactory.synth.config import SynthConfig
     from agentfactory.synth.pipeline import domain_paths, make_tasks
     from agentfactory.synth.render import trajectory_text
@@ -86,15 +91,38 @@ def build_corpus(cfg: CorpusStage, out: Path, console: Console) -> dict:
     paths = domain_paths(synth)
     tasks = make_tasks(synth, paths)
     worker = EpisodeWorker(synth, paths)
+    texts = [
+        trajectory_text(rec)
+        for i in range(0, len(tasks), 64)
+        for rec in worker.run([(t, 0) for t in tasks[i : i + 64]])
+    ]
+    recall = recall_documents(texts, cfg.recall_docs, random.Random(cfg.world_start))
     out.mkdir(parents=True, exist_ok=True)
-    n = 0
     with (out / "corpus.jsonl").open("w") as f:
-        for i in range(0, len(tasks), 64):
-            for rec in worker.run([(t, 0) for t in tasks[i : i + 64]]):
-                f.write(json.dumps({"text": trajectory_text(rec)}) + "\n")
-                n += 1
-    console.print(f"pretraining corpus: {n} conversations")
-    return {"documents": n, "path": str(out / "corpus.jsonl")}
+        for text in texts + recall:
+            f.write(json.dumps({"text": text}) + "\n")
+    console.print(f"pretraining corpus: {len(texts)} conversations, {len(recall)} recall documents")
+    return {"documents": len(texts), "recall_documents": len(recall), "path": str(out / "corpus.jsonl")}
+
+
+_ENTITY = re.compile(r"[\w.+-]+@[\w.-]+\w|\b[A-Z]{1,5}-?\d[\w-]*|\b\d{4}-\d\d-\d\d\b|\b\d{3,}\b")
+
+
+def recall_documents(texts: list[str], n: int, rng: random.Random) -> list[str]:
+    """Documents that list some of the corpus's ids, emails and dates and then repeat the list.
+
+    Using a tool means copying strings from the context (an email the user gave, an id a tool
+    returned) and a small model learns that in-context copying (induction heads) late from
+    ordinary text; a share of repeated random lists makes copying the way to predict half of
+    every such document, so the skill forms within the quickstart's few hundred pretraining steps.
+    """
+    pool = sorted({m for t in texts for m in _ENTITY.findall(t)})
+    docs = []
+    for _ in range(n if pool else 0):
+        items = rng.sample(pool, min(len(pool), rng.randint(6, 16)))
+        listed = ", ".join(items)
+        docs.append(f"Note: {listed}.\nAgain: {listed}.")
+    return docs
 
 
 def train_tokenizer_stage(cfg: TokenizerStage, corpora: list[Path], out: Path, console: Console) -> dict:
