@@ -53,7 +53,7 @@ class AgentSampling(StrictModel):
     prompt: Literal["full", "compact"] = Field(
         "full",
         description="full: the domain's description and policy, tools as declared; compact: one line "
-        "of role and tools with their first sentence and no parameter prose (~4x fewer prompt tokens)",
+        "of role and tools with their first sentence and no parameter prose (~40% fewer prompt tokens)",
     )
 
 

@@ -325,3 +325,43 @@ def test_llm_tasks_are_kept_only_when_grounded_and_solvable():
     assert "has no 'price'" in reasons[1]
     assert "blueprint fails the rubric" in reasons[2]
     assert reasons[3].startswith("unusable reply")
+
+
+def test_compact_agents_keep_the_tools_callable_at_a_fraction_of_the_prompt(tmp_path):
+    """Compact prompts: one-line role, tools with their first sentence and bare schemas (names,
+    types, enums, required kept), and a full episode with them is still accepted by the judge."""
+    cfg = small(domains=["retail_orders"])
+    domains = {"retail_orders": find_domain("retail_orders")}
+    task = make_tasks(cfg, domain_paths(cfg))[0]
+    full = sample_agent(task, domains, AgentSampling(), random.Random(0))
+    compact = sample_agent(task, domains, AgentSampling(prompt="compact"), random.Random(0))
+    assert [t.name for t in compact.tools] == [t.name for t in full.tools]
+    size = lambda a: len(a.system_prompt) + len(json.dumps([t.to_openai() for t in a.tools]))  # noqa: E731
+    assert size(compact) < 0.7 * size(full)
+    assert "\n" not in compact.system_prompt and "Policy" not in compact.system_prompt
+    for f, c in zip(full.tools, compact.tools, strict=True):
+        assert c.parameters.get("required") == f.parameters.get("required")
+        assert set(c.parameters["properties"]) == set(f.parameters["properties"])
+        assert "description" not in json.dumps(c.parameters)
+        assert c.description and f.description.startswith(c.description.rstrip("."))
+    compact_cfg = cfg.model_copy(update={"agents": AgentSampling(prompt="compact")})
+    summary = run_synth(compact_cfg, tmp_path, use_ray=False)
+    assert summary["accepted"] == summary["episodes"] > 0
+
+
+def test_pretraining_corpus_is_plain_text_with_recall_documents():
+    from agentfactory.stages import recall_documents
+    from agentfactory.synth.render import trajectory_text
+    from agentfactory.synth.worker import EpisodeWorker
+
+    cfg = small(domains=["retail_orders"])
+    tasks = make_tasks(cfg, domain_paths(cfg))[:5]
+    texts = [trajectory_text(t) for t in EpisodeWorker(cfg, domain_paths(cfg)).run([(t, 0) for t in tasks])]
+    assert all("<|" not in t for t in texts)  # no chat template, no tool-call tokens: SFT teaches those
+    assert any("The agent ran " in t for t in texts) and any("Customer: " in t for t in texts)
+    docs = recall_documents(texts, 20, random.Random(0))
+    assert len(docs) == 20 and docs == recall_documents(texts, 20, random.Random(0))
+    for d in docs:
+        first, again = d.split("\nAgain: ")
+        assert first == "Note: " + again
+        assert all(item in "\n".join(texts) for item in again.rstrip(".").split(", "))
