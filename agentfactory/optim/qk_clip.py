@@ -12,6 +12,10 @@ K2 rescales that head's own weights so the same inputs would give logits ≤ τ:
 so every logit of head h is multiplied by exactly γ_h, and other heads, values and the shared rotary
 key are unchanged. Heads under τ are not touched at all (their rows are multiplied by nothing).
 
+Cost: one vectorized `> τ` over every layer's (H,) max logits and one device→host copy per step
+(not a sync per layer); then, in a layer with clipped heads, only those heads' q rows and k_nope rows
+are written (FSDP2 shards, whose rows need not align with heads, scale all local rows, ×1 outside).
+
 `qk_clip_row_scales` is the pure math; `qk_clip(model, tau)` applies it to every MLA layer, reading the
 per-head max logits the model recorded during the step (`model.set_track_max_logits()`). Sharded FSDP2
 weights (DTensor, rows split across ranks) are scaled on their local rows; the max logits must be
@@ -63,6 +67,29 @@ def scale_rows_(weight: Tensor, scale_rows: Tensor) -> None:
 
 
 @torch.no_grad()
+def scale_head_rows_(weight: Tensor, scale_rows: Tensor, heads: list[int], num_heads: int, rows: int) -> None:
+    """weight[first `rows` rows of each head in `heads`] *= scale_rows there; other rows untouched.
+
+    `weight` is (num_heads·K, D), head h owning rows [h·K, (h+1)·K). Multiplies by the same fp32-made
+    factors as `scale_rows_`, so the touched rows are bit-identical to its result. A DTensor goes
+    through `scale_rows_` (its local rows need not align with heads; ×1 is exact elsewhere).
+    """
+    if hasattr(weight, "to_local"):
+        scale_rows_(weight, scale_rows)
+        return
+    w_HKD = weight.view(num_heads, -1, weight.shape[-1])
+    s_HK1 = scale_rows.to(weight.dtype).view(num_heads, -1, 1)
+    runs: list[list[int]] = []  # consecutive heads → one strided in-place multiply each
+    for h in sorted(heads):
+        if runs and runs[-1][1] == h:
+            runs[-1][1] = h + 1
+        else:
+            runs.append([h, h + 1])
+    for first, stop in runs:
+        w_HKD[first:stop, :rows].mul_(s_HK1[first:stop, :rows])
+
+
+@torch.no_grad()
 def qk_clip(model: nn.Module, tau: float, max_logits: list[Tensor | None] | None = None) -> list[list[int]]:
     """Apply QK-Clip to every MLA layer of `model`; returns the clipped head indices per layer.
 
@@ -76,18 +103,29 @@ def qk_clip(model: nn.Module, tau: float, max_logits: list[Tensor | None] | None
         max_logits = model.pop_max_logits()
     if len(max_logits) != len(attns):
         raise ValueError(f"got max logits for {len(max_logits)} layers, the model has {len(attns)}")
-    clipped_per_layer: list[list[int]] = []
-    for layer, (attn, s_H) in enumerate(zip(attns, max_logits, strict=True)):
-        if s_H is None or not bool((s_H > tau).any()):
-            clipped_per_layer.append([])
+    clipped_per_layer: list[list[int]] = [[] for _ in attns]
+    seen = [(layer, s_H) for layer, s_H in enumerate(max_logits) if s_H is not None]
+    if not seen:
+        return clipped_per_layer
+    # One vectorized check and one host copy for all layers (per-layer .any() would sync L times).
+    s_all = torch.cat([s_H.detach().float().flatten().to(seen[0][1].device) for _, s_H in seen]).cpu()
+    over = (s_all > tau).tolist()
+    at = 0
+    for layer, s_H in seen:
+        n_heads = s_H.numel()
+        heads = [h for h in range(n_heads) if over[at + h]]
+        s_cpu, at = s_all[at : at + n_heads], at + n_heads
+        if not heads:
             continue
-        q_rows, kv_rows, clipped_H = qk_clip_row_scales(
-            s_H.detach().cpu(), tau, attn.nope_dim, attn.rope_dim, attn.v_dim
-        )
+        attn = attns[layer]
+        q_rows, kv_rows, _ = qk_clip_row_scales(s_cpu, tau, attn.nope_dim, attn.rope_dim, attn.v_dim)
         q_proj = attn.q_proj if hasattr(attn, "q_proj") else attn.q_b_proj
-        scale_rows_(q_proj.weight, q_rows.to(q_proj.weight.device))
-        scale_rows_(attn.kv_b_proj.weight, kv_rows.to(attn.kv_b_proj.weight.device))
-        heads = clipped_H.nonzero().flatten().tolist()
-        clipped_per_layer.append(heads)
-        log.debug("QK-Clip layer %d: heads %s (max logits %s > τ=%g)", layer, heads, s_H[heads].tolist(), tau)
+        q_w, kv_w = q_proj.weight, attn.kv_b_proj.weight
+        # q: q_nope (×√γ) and q_rope (×γ) rows of each clipped head; kv_b: only its k_nope rows.
+        scale_head_rows_(q_w, q_rows.to(q_w.device), heads, n_heads, attn.nope_dim + attn.rope_dim)
+        scale_head_rows_(kv_w, kv_rows.to(kv_w.device), heads, n_heads, attn.nope_dim)
+        clipped_per_layer[layer] = heads
+        log.debug(
+            "QK-Clip layer %d: heads %s (max logits %s > τ=%g)", layer, heads, s_cpu[heads].tolist(), tau
+        )
     return clipped_per_layer

@@ -88,6 +88,36 @@ def test_muon_stacked_experts_equal_separate_matrices():
         assert torch.equal(stacked[e], separate[e])
 
 
+def _matrices(tensors):
+    return [m for t in tensors for m in (t if t.ndim == 3 else [t])]
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_chunked_batches_match_torch_muon_per_matrix(monkeypatch, nesterov):
+    # Tiny NS chunks: an expert stack spans chunks, tall and wide matrices share a batch; every matrix
+    # must still get its own torch.optim.Muon update (NS per matrix, lr from its own shape).
+    import agentfactory.optim.muon as muon_module
+
+    monkeypatch.setattr(muon_module, "NS_CHUNK_ELEMENTS", 3 * 16 * 24)
+    torch.manual_seed(0)
+    shapes = [(7, 16, 24), (24, 16), (16, 24), (2, 24, 16), (5, 7)]
+    ours = [nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
+    ref = [nn.Parameter(m.detach().clone()) for m in _matrices(ours)]
+    opt = Muon(ours, lr=0.02, weight_decay=0.1, nesterov=nesterov)
+    kw = dict(lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn="match_rms_adamw")
+    ref_opt = torch.optim.Muon(ref, **kw)
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for p, g in zip(ours, grads, strict=True):
+            p.grad = g.clone()
+        for q, m in zip(ref, _matrices(grads), strict=True):
+            q.grad = m.clone()
+        opt.step()
+        ref_opt.step()
+    for p, q in zip(_matrices(ours), ref, strict=True):
+        assert ((p - q).norm() / q.norm()).item() < 1e-3
+
+
 def test_muon_update_rms_matches_adamw_scale():
     # 0.2·√max(A,B)·NS(G) has RMS ≈ 0.2 (the AdamW update RMS Moonlight measured), for any shape.
     torch.manual_seed(0)
