@@ -176,7 +176,9 @@ def test_vllm_streaming_parser_agrees_token_by_token(tok, msg):
     content, calls = _stream(tok, text)
     ours = parse_assistant(text)
     assert calls == [tuple(c) for c in ours.tool_calls]
-    assert (content or None) == _expected_content(msg)
+    # The streaming parser also drops whitespace-only content without tool calls (" ", "\x85", ...).
+    expected = _expected_content(msg)
+    assert (content or None) == (None if expected is not None and expected.isspace() else expected)
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
