@@ -27,23 +27,9 @@ KILLS = 10
 
 @pytest.fixture(scope="module")
 def debug_model(tmp_path_factory) -> Path:
-    import torch
+    from tests.unit.fakes import tiny_math_checkpoint
 
-    from agentfactory.model import K2Config, K2ForCausalLM, train_tokenizer
-    from agentfactory.model.tokenizer import save_tokenizer
-
-    rng = random.Random(0)
-    texts = [
-        f"Compute {rng.randint(1, 9)} + {rng.randint(1, 9)}. \\boxed{{{rng.randint(2, 18)}}}"
-        for _ in range(300)
-    ]
-    tok = train_tokenizer(texts, 400)
-    torch.manual_seed(0)
-    cfg = K2Config.preset("debug", vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=3)
-    path = tmp_path_factory.mktemp("rl-faults") / "model"
-    K2ForCausalLM(cfg).save_pretrained(path)
-    save_tokenizer(tok, path)
-    return path
+    return tiny_math_checkpoint(tmp_path_factory.mktemp("rl-faults") / "model")
 
 
 def start(model: Path, out: Path) -> subprocess.Popen:

@@ -123,3 +123,25 @@ class ToyTokenEngine:
 def toy_prompt(length: int, salt: int, size: int = 4) -> list[int]:
     """A ToyTokenEngine prompt whose response is `length` tokens plus the stop token."""
     return [length, size, salt, *range(size - 3)]
+
+
+def tiny_math_checkpoint(path):
+    """A random `debug`-preset K2 checkpoint + a tokenizer trained on tiny sums, saved to `path`."""
+    import random
+
+    import torch
+
+    from agentfactory.model import K2Config, K2ForCausalLM, train_tokenizer
+    from agentfactory.model.tokenizer import save_tokenizer
+
+    rng = random.Random(0)
+    texts = [
+        f"Compute {rng.randint(1, 9)} + {rng.randint(1, 9)}. \\boxed{{{rng.randint(2, 18)}}}"
+        for _ in range(300)
+    ]
+    tok = train_tokenizer(texts, 400)
+    torch.manual_seed(0)
+    cfg = K2Config.preset("debug", vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=3)
+    K2ForCausalLM(cfg).save_pretrained(path)
+    save_tokenizer(tok, path)
+    return path

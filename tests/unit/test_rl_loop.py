@@ -15,7 +15,7 @@ from agentfactory.rl.config import EnvSpec, RLConfig
 from agentfactory.rl.loop import RLLoop, rl_run
 from agentfactory.rl.loss import LossConfig
 from agentfactory.train.trainer import TrainingDiverged
-from tests.unit.fakes import ScriptedEngine
+from tests.unit.fakes import ScriptedEngine, tiny_math_checkpoint
 
 
 def _row(group: str, reward: float, n: int = 3, p: int = 4, version: int = 0, seed: int = 0) -> TrainRow:
@@ -107,18 +107,7 @@ def test_reward_metrics_by_env_and_component():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rl-loop")
-    rng = random.Random(0)
-    texts = [
-        f"Compute {rng.randint(1, 9)} + {rng.randint(1, 9)}. \\boxed{{{rng.randint(2, 18)}}}"
-        for _ in range(300)
-    ]
-    tok = train_tokenizer(texts, 400)
-    torch.manual_seed(0)
-    cfg = K2Config.preset("debug", vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=3)
-    K2ForCausalLM(cfg).save_pretrained(root / "model")
-    save_tokenizer(tok, root / "model")
-    return root / "model"
+    return tiny_math_checkpoint(tmp_path_factory.mktemp("rl-loop") / "model")
 
 
 def _config(model, out, **kw) -> RLConfig:
