@@ -50,7 +50,11 @@ def test_batched_chat_and_prompt_ids(vllm_engine, k2_tokenizer):
     assert chat[0].token_ids == ids[0].token_ids and chat[0].prompt_tokens == len(chat_ids)
     assert [c.index for c in n2] == [0, 1] and n2[0].token_ids != n2[1].token_ids
     for c in (chat[0], ids[0], *n2):
-        assert c.finish_reason in ("stop", "length") and c.error is None and c.policy_version == 0
+        assert (
+            c.finish_reason in ("stop", "length")
+            and c.error is None
+            and c.policy_version == vllm_engine.policy_version
+        )
         assert len(c.logprobs) == len(c.token_ids) == c.completion_tokens and max(c.logprobs) <= 0
         text = k2_tokenizer.decode(c.token_ids, skip_special_tokens=False).removesuffix(IM_END)
         assert text.startswith(c.text) and len(text) - len(c.text) <= 3  # vLLM holds back a cut UTF-8 char
