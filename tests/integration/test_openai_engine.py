@@ -24,7 +24,7 @@ from agentfactory.records import Message, ToolCall, ToolSpec
 pytestmark = pytest.mark.integration
 SERVED_NAME = "k2-toolcall"
 KV_CACHE_BYTES = 256 << 20  # as the session engine's (conftest.py): both fit side by side
-MAX_MODEL_LEN = 1024
+MAX_MODEL_LEN = 4096  # the synthesis roles (user, judge, tool simulator) send long prompts
 
 
 def _free_port() -> int:
@@ -159,3 +159,45 @@ def test_in_process_update_matches_the_servers_fresh_load(
         assert remote[0].token_ids == ours[0].token_ids and remote[0].tool_calls == [EXPECTED]
     finally:
         vllm_engine.update_weights(k2_checkpoint, version=11)
+
+
+def test_synthesis_roles_on_the_endpoint_while_the_agent_is_local(vllm_server, tmp_path):
+    """Endpoint mode (issue #11): the LLM user, the LLM tool simulator and the LLM judge all call the
+    `vllm serve` endpoint while the agent runs locally (the blueprint oracle). The served model is a
+    rigged tiny one whose replies are nonsense for these roles, so every episode must end as a
+    recorded failure with its reason — nothing lost, no crash — after real requests to the server."""
+    from agentfactory.synth.config import SynthConfig
+    from agentfactory.synth.pipeline import run_synth
+    from agentfactory.synth.store import ShardStore
+
+    def served() -> float:
+        with urllib.request.urlopen(vllm_server.removesuffix("/v1") + "/metrics", timeout=10) as r:
+            lines = r.read().decode().splitlines()
+        return sum(float(x.split()[-1]) for x in lines if x.startswith("vllm:request_success_total"))
+
+    endpoint = {
+        "kind": "openai",
+        "model": SERVED_NAME,
+        "base_url": vllm_server,
+        "timeout_s": 60,
+        "max_retries": 0,
+        "concurrency": 4,
+    }
+    cfg = SynthConfig(
+        domains=["retail_orders"],
+        worlds=1,
+        max_tasks=4,
+        workers=1,
+        batch_size=4,
+        user={"kind": "llm", "engine": endpoint},
+        tools={"mode": "simulated", "engine": endpoint},
+        judge={"engine": endpoint, "votes": 1},
+    )
+    before = served()
+    summary = run_synth(cfg, tmp_path, use_ray=False)
+    records = list(ShardStore(tmp_path, cfg.fingerprint()).records())
+    assert summary["episodes"] == len(records) == 4 == len({r.meta["id"] for r in records})
+    assert served() - before >= 4  # the roles really went to the server
+    for r in records:
+        assert r.judge is not None and not r.judge.accepted and r.judge.reasons  # rejected, saying why
+        assert r.status != "completed" and r.meta.get("errors")  # the nonsense user never ended it
