@@ -54,6 +54,7 @@ def train_tokenizer(
     *,
     min_frequency: int = 2,
     model_max_length: int = 131072,
+    split_digits: bool = True,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE of `vocab_size` tokens in total (special tokens and the 256 byte symbols
     included) on `texts`; save it to `out_dir` when given. Deterministic for a given corpus."""
@@ -67,7 +68,7 @@ def train_tokenizer(
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Digits(individual_digits=split_digits),  # False: BPE may merge digit runs
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
     )

@@ -140,3 +140,14 @@ def test_iter_corpus_renders_chat_records(tmp_path):
     (tmp_path / "b.txt").write_text("line one\n\nline two\n")
     got = list(iter_corpus([tmp_path / "a.jsonl", tmp_path / "b.txt"]))
     assert got == [render(msgs), "plain", "line one\n", "line two\n"]
+
+
+def test_digit_runs_merge_only_when_asked():
+    texts = [f"order {n} shipped" for n in range(1000, 1400)] * 3
+    split = train_tokenizer(texts, 400)
+    merged = train_tokenizer(texts, 400, split_digits=False)
+    assert len(split.encode("1234", add_special_tokens=False)) == 4
+    assert len(merged.encode("1234", add_special_tokens=False)) < 4
+    assert (
+        merged.decode(merged.encode("order 1234 shipped", add_special_tokens=False)) == "order 1234 shipped"
+    )
