@@ -96,8 +96,8 @@ def test_kill_9_rl_at_ten_random_points_and_resume(debug_model, tmp_path):
         ckpt = checkpoint_iteration(out)
         started = time.time_ns()
         proc = start(debug_model, out)
-        if triggers[k] == "rows":  # mid-run: a random number of iterations past the checkpoint
-            target = ckpt + rng.randint(1, 5)
+        if triggers[k] == "rows":  # mid-run, ≥ 1 new checkpoint (every 2 iterations) written
+            target = ckpt + rng.randint(3, 6)
             deadline = time.time() + 120
             while proc.poll() is None and time.time() < deadline and own_rows(out, started) < target:
                 time.sleep(0.01)
