@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -101,6 +102,23 @@ def make_tasks(config: SynthConfig, paths: dict[str, str], llm_cache: Path | Non
     return tasks[: config.max_tasks] if config.max_tasks else tasks
 
 
+def init_ray(address: str | None, cpus_needed: float = 1) -> bool:
+    """Connect to the Ray cluster at `address`, or start a fresh local Ray on this machine (even if
+    another one runs here) with at least `cpus_needed` CPUs; nothing if Ray is already initialized
+    in this process. Returns whether it started Ray (then the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs.update(address="local", num_cpus=max(math.ceil(cpus_needed), os.cpu_count() or 1))
+    ray.init(**kwargs)
+    return True
+
+
 class _Pool:
     """Episode workers as Ray actors (or in-process objects when `use_ray` is False)."""
 
@@ -110,14 +128,7 @@ class _Pool:
         if use_ray:
             import ray
 
-            if not ray.is_initialized():
-                kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-                if config.ray_address:
-                    kwargs["address"] = config.ray_address
-                else:  # a fresh local instance, even if another Ray runs on this machine
-                    kwargs.update(address="local", num_cpus=max(config.workers, os.cpu_count() or 1))
-                ray.init(**kwargs)
-                self._started_ray = True
+            self._started_ray = init_ray(config.ray_address, config.workers)
             self._actor_cls = ray.remote(num_cpus=1, max_restarts=0)(EpisodeWorker)
         self.actors = [self._new() for _ in range(config.workers)]
 
