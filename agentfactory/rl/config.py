@@ -44,7 +44,7 @@ class EnvSpec(StrictModel):
 
 
 class EngineSpec(StrictModel):
-    """The colocated VLLMEngine (inference) on the policy's weights."""
+    """The colocated VLLMEngine (inference) on the policy's weights, or a pool of them on Ray."""
 
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="vLLM-CPU runs fp32 here; bf16 on GPU"
@@ -57,6 +57,15 @@ class EngineSpec(StrictModel):
     enforce_eager: bool = Field(True, description="skip graph capture (CPU: faster start)")
     sleep_during_training: bool = Field(
         True, description="GPU: free the KV cache / offload weights while training (CPU: no-op)"
+    )
+    workers: PositiveInt = Field(
+        1,
+        description="rollout engines: 1 = one engine in this process; N > 1 = N engines as Ray actors "
+        "(rl/engine_pool.py), requests split across them, weights pushed to all",
+    )
+    worker_cpus: float = Field(1.0, gt=0, description="CPUs each Ray engine worker reserves (workers > 1)")
+    ray_address: str | None = Field(
+        None, description="Ray cluster address for the engine workers (default: a local Ray)"
     )
 
 

@@ -22,13 +22,10 @@ from agentfactory.llm.vllm_health import EngineDeadError
 from agentfactory.rl.config import RLConfig
 
 
-def start_engine(config: RLConfig) -> Engine:
-    """A VLLMEngine on `config.model` with the `engine:` settings."""
-    from agentfactory.llm.vllm_engine import VLLMEngine
-
+def engine_kwargs(config: RLConfig) -> dict[str, Any]:
+    """VLLMEngine's keyword arguments for the `engine:` settings (the model path aside)."""
     e = config.engine
-    return VLLMEngine(
-        config.model,
+    return dict(
         tokenizer=config.tokenizer,
         dtype=e.dtype,
         kv_cache_memory_bytes=e.kv_cache_memory_bytes,
@@ -37,6 +34,21 @@ def start_engine(config: RLConfig) -> Engine:
         enforce_eager=e.enforce_eager,
         seed=config.seed,
     )
+
+
+def start_engine(config: RLConfig) -> Engine:
+    """A VLLMEngine on `config.model` with the `engine:` settings; with `engine.workers` > 1 an
+    `EnginePool` of that many engines on Ray (rl/engine_pool.py)."""
+    e = config.engine
+    if e.workers > 1:
+        from agentfactory.rl.engine_pool import EnginePool
+
+        return EnginePool(
+            config.model, e.workers, engine_kwargs(config), cpus=e.worker_cpus, ray_address=e.ray_address
+        )
+    from agentfactory.llm.vllm_engine import VLLMEngine
+
+    return VLLMEngine(config.model, **engine_kwargs(config))
 
 
 class RecoveringEngine:
