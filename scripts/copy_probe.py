@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from agentfactory.model import K2Config, K2ForCausalLM, train_tokenizer
-from agentfactory.optim import build_optimizer
+from agentfactory.optim import OptimizerConfig, build_optimizer
 
 
 def main() -> None:
@@ -29,6 +29,10 @@ def main() -> None:
     ap.add_argument("--digits", choices=["single", "merged"], default="single")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=0.02, help="Muon learning rate")
+    ap.add_argument("--adamw-lr", type=float, default=3e-3)
+    ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE", help="K2Config override")
+    ap.add_argument("--eval-every", type=int, default=50)
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -40,8 +44,9 @@ def main() -> None:
         first, again = doc.split("\nAgain:")
         pairs.append((tok.encode(first + "\nAgain:"), tok.encode(again)))
     train, test = pairs[:-100], pairs[-100:]
-    model = K2ForCausalLM(K2Config.preset("k2-mini", vocab_size=len(tok)))
-    opt = build_optimizer(model)
+    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.model)}
+    model = K2ForCausalLM(K2Config.preset("k2-mini", vocab_size=len(tok), **overrides))
+    opt = build_optimizer(model, OptimizerConfig(lr=args.lr, adamw_lr=args.adamw_lr))
     rng, t0 = random.Random(0), time.time()
     for step in range(1, args.steps + 1):
         batch = rng.sample(train, args.batch)
@@ -56,7 +61,7 @@ def main() -> None:
         loss.backward()
         opt.step(model.pop_max_logits())
         opt.zero_grad(set_to_none=True)
-        if step % 50 == 0:
+        if step % args.eval_every == 0:
             hit = total = exact = 0
             with torch.no_grad():
                 for a, b in test[:40]:

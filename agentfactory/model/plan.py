@@ -146,8 +146,9 @@ def activation_bytes_per_token(config: K2Config, a: int) -> dict[str, int]:
         + (norm(Q) + Q * a if Q else 0)  # q_a_layernorm, q_b_proj's input
         + (C + R) * a + 4 + C * a  # kv_a_layernorm: its input (a view of kv_a's C+R output), rstd, x·rstd
         + C * a  # kv_b_proj's input
-        + 2 * H * (N + R) * a + H * (N + V) * a  # SDPA: q, k, and v (a view of kv_b's H·(N+V) output)
-        + H * V * a + H * 4  # SDPA: out and the fp32 logsumexp
+        + 2 * H * (N + R) * a  # SDPA: q and k
+        + (H * (N + R) * a if V < N + R else H * (N + V) * a)  # v zero-padded to N+R (else a view of kv_b)
+        + H * max(V, N + R) * a + H * 4  # SDPA: out (padded like v) and the fp32 logsumexp
         + H * V * a  # o_proj's input (out as (B, T, H·V))
     )  # fmt: skip
     mlp_in = norm(D) + D * a  # post_attention_layernorm and its output

@@ -106,8 +106,9 @@ def test_high_lr_run_logits_grow_without_clip_and_stay_near_tau_with_it():
     assert max(plain["max_logit"]) > 3 * tau  # plain Muon: logits run away
     assert sum(clipped["clipped_heads"]) > 0
     # Recorded in the forward pass, i.e. one (large, lr = 0.1) update after the last clip: held near τ
-    # (overshooting by at most one step's growth) instead of running away.
-    assert max(clipped["max_logit"]) < 1.7 * tau
+    # (overshooting by at most one step's growth: up to ~70 % at this lr) instead of running away.
+    assert max(clipped["max_logit"]) < 2 * tau
+    assert sorted(clipped["max_logit"][-10:])[5] < 1.5 * tau
     assert max(plain["max_logit"][-10:]) > 2 * max(clipped["max_logit"][-10:])
     tail = slice(-10, None)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
