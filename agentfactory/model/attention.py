@@ -150,12 +150,19 @@ class MLA(nn.Module):
 
     @torch.no_grad()
     def _record_max_logits(self, q_BHTK: torch.Tensor, k_BHTK: torch.Tensor) -> None:
-        """Fold max over causal (i ≥ j) pairs of scale·q_i·k_j, per head, into `max_logits`."""
-        T = q_BHTK.shape[2]
-        future_TT = torch.ones(T, T, dtype=torch.bool, device=q_BHTK.device).triu(1)
-        best_H = torch.full((self.n_heads,), float("-inf"), device=q_BHTK.device)
-        for b in range(q_BHTK.shape[0]):  # one (H, T, T) score block at a time bounds the memory
-            s_HTT = torch.matmul(q_BHTK[b].float(), k_BHTK[b].float().transpose(-1, -2))
-            best_H = torch.maximum(best_H, s_HTT.masked_fill_(future_TT, float("-inf")).amax(dim=(1, 2)))
+        """Fold max over causal (i ≥ j) pairs of scale·q_i·k_j, per head, into `max_logits`.
+
+        Query rows go in blocks against only the keys they can see (half the work of the full T×T
+        product), each block's fp32 scores bounded to ~64 MiB.
+        """
+        B, H, T, _ = q_BHTK.shape
+        rows = max(16, (1 << 24) // (B * H * T))
+        pos_T = torch.arange(T, device=q_BHTK.device)
+        best_H = torch.full((H,), float("-inf"), device=q_BHTK.device)
+        for i in range(0, T, rows):
+            j = min(i + rows, T)
+            s_BHrj = torch.matmul(q_BHTK[:, :, i:j].float(), k_BHTK[:, :, :j].float().transpose(-1, -2))
+            s_BHrj[..., i:].masked_fill_(pos_T[i:j, None] < pos_T[None, i:j], float("-inf"))
+            best_H = torch.maximum(best_H, s_BHrj.amax(dim=(0, 2, 3)))
         best_H = best_H * self.scale
         self.max_logits = best_H if self.max_logits is None else torch.maximum(self.max_logits, best_H)
