@@ -268,7 +268,7 @@ class Critic:
         self, task: Any, trajectories: Sequence[Trajectory], seed: int = 0
     ) -> tuple[list[RewardBreakdown], list[Judgment]]:
         """Win-rate rewards of a prompt's K responses (+ metrics), and the judgments behind them."""
-        responses = [t.final_answer for t in trajectories]
+        responses = [response_text(task, t) for t in trajectories]
         judgments = self.judge(
             task.prompt,
             responses,
@@ -297,9 +297,21 @@ class Critic:
         m = self.config.margin
         which = [(i, j) for i, j in pairs(len(outcomes), None) if abs(outcomes[i] - outcomes[j]) >= m]
         judgments = self.judge(
-            task.prompt, [t.final_answer for t in trajectories], which, task_rubrics(task.meta), seed
+            task.prompt, [response_text(task, t) for t in trajectories], which, task_rubrics(task.meta), seed
         )
         return agreement_samples(task.id, judgments, outcomes)
+
+
+def response_text(task: Any, trajectory: Trajectory, limit: int = 2500) -> str:
+    """What the critic reads of a response: a single reply's text; for a multi-turn episode
+    (`ToolUseEnv`) everything after the task prompt (tool calls, tool results, user turns, replies),
+    because its outcome is decided by the calls, not by the last words (`limit`: characters kept,
+    from the end, so that two of them fit the critic's context)."""
+    n = len(task.prompt)
+    after = trajectory.messages[n:] if trajectory.messages[:n] == list(task.prompt) else trajectory.messages
+    if any(m.tool_calls or m.role == "tool" for m in after) or sum(m.role == "assistant" for m in after) > 1:
+        return transcript(after, limit=limit)
+    return trajectory.final_answer
 
 
 def agreement_samples(

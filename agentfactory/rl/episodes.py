@@ -35,10 +35,14 @@ def is_multi_turn(env: Any) -> bool:
     return isinstance(env, ToolUseEnv)
 
 
+Scored = tuple[EnvTask, list[Trajectory], list[RewardBreakdown]]  # a group, scored by its env
+
+
 @dataclass
 class EpisodeGroups:
     rows: list[TrainRow]
     stats: dict[str, float]  # episodes/*, tokens/generated
+    scored: list[Scored]  # for the closed-loop critic
 
 
 def episode_row(traj: Trajectory, breakdown: RewardBreakdown, group: str, env: str) -> TrainRow | None:
@@ -75,6 +79,7 @@ def rollout_episode_groups(
     """`n` episodes per (group name, task), all of an env's in one lockstep run, scored by the env."""
     rows: list[TrainRow] = []
     episodes: list[Trajectory] = []
+    scored: list[Scored] = []
     dropped = 0
     for name, env in mixture.envs.items():
         mine = [(g, t) for g, t in groups if t.env == name]
@@ -82,7 +87,9 @@ def rollout_episode_groups(
             continue
         trajs = env.rollout([t for _, t in mine], engine, n, params, budgets.for_kind(env.kind))
         for (group, task), members in zip(mine, trajs, strict=True):
-            for traj, b in zip(members, env.score_group(task, members), strict=True):
+            breakdowns = env.score_group(task, members)
+            scored.append((task, members, breakdowns))
+            for traj, b in zip(members, breakdowns, strict=True):
                 row = episode_row(traj, b, group, task.env)
                 dropped += row is None
                 rows += [row] if row is not None else []
@@ -99,4 +106,4 @@ def rollout_episode_groups(
             "episodes/env_tokens": float(env_tokens),
         }
     stats["tokens/generated"] = float(sum(len(t.token_ids or []) for t in episodes))
-    return EpisodeGroups(rows, stats)
+    return EpisodeGroups(rows, stats, scored)

@@ -51,7 +51,7 @@ from agentfactory.rl.config import RLConfig, build_env
 from agentfactory.rl.engine import RecoveringEngine, start_engine
 from agentfactory.rl.envs.base import EnvTask
 from agentfactory.rl.envs.mixture import EnvMixture
-from agentfactory.rl.episodes import is_multi_turn, rollout_episode_groups
+from agentfactory.rl.episodes import Scored, is_multi_turn, rollout_episode_groups
 
 
 @dataclass
@@ -139,15 +139,15 @@ class RLLoop:
             self.buffer.add(task, self.prompt_ids(task), c.samples_per_prompt, budget, group=group)
         return len(tasks), episodes
 
-    def score(self, groups: list[list[Rollout]]) -> tuple[list[TrainRow], dict[str, float]]:
-        """Env rewards for every released group, plus closed-loop critic rows on verifiable ones."""
+    def score(self, groups: list[list[Rollout]]) -> tuple[list[TrainRow], list[Scored]]:
+        """Env rewards for every released group; returns the rows and each group's scored responses."""
         rows: list[TrainRow] = []
-        critic_rows: list[TrainRow] = []
-        closed_loop = self.config.critic.closed_loop_groups if self.critic is not None else 0
+        scored: list[Scored] = []
         for members in groups:
             task = members[0].task
             trajs = [r.to_trajectory() for r in members]
             breakdowns = self.mixture.score_group(task, trajs)
+            scored.append((task, trajs, breakdowns))
             for r, t, b in zip(members, trajs, breakdowns, strict=True):
                 if not t.token_ids or t.meta.get("errors"):
                     continue  # an engine failure is not a response to learn from
@@ -164,15 +164,23 @@ class RLLoop:
                         metrics={k: v for k, v in b.components.items() if not b.weights.get(k)},
                     )
                 )
+        return rows, scored
+
+    def closed_loop(self, scored: list[Scored]) -> tuple[list[TrainRow], dict[str, float]]:
+        """Critic rows on the first `closed_loop_groups` verifiable groups (single- or multi-turn)
+        whose outcomes differ: each judgment is rewarded for agreeing with the verifier."""
+        rows: list[TrainRow] = []
+        budget = self.config.critic.closed_loop_groups if self.critic is not None else 0
+        for task, trajs, breakdowns in scored:
             outcomes = [b.components.get("correct", b.total) for b in breakdowns]
-            if closed_loop > 0 and task.verifiable and max(outcomes) - min(outcomes) >= 0.5:
-                closed_loop -= 1
+            if budget > 0 and task.verifiable and max(outcomes) - min(outcomes) >= 0.5:
+                budget -= 1
                 samples = self.critic.training_samples(task, trajs, outcomes, seed=self.iteration)
-                critic_rows += [critic_row(self.tokenizer, s) for s in samples if s.token_ids]
-        stats = {"critic/rows": float(len(critic_rows))}
-        if critic_rows:
-            stats["critic/agreement"] = sum(r.reward for r in critic_rows) / len(critic_rows)
-        return rows + critic_rows, stats
+                rows += [critic_row(self.tokenizer, s) for s in samples if s.token_ids]
+        stats = {"critic/rows": float(len(rows))}
+        if rows:
+            stats["critic/agreement"] = sum(r.reward for r in rows) / len(rows)
+        return rows, stats
 
     # ------------------------------------------------------------------------------------- train
     def ptx_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -235,10 +243,11 @@ class RLLoop:
         temperature = c.temperature.at(self.iteration)
         params = SamplingParams(temperature=temperature, top_p=c.top_p, seed=c.seed, logprobs=True)
         result = self.buffer.step(self.engine, params)
-        rows, critic_stats = self.score(result.groups)
+        rows, scored = self.score(result.groups)
         n, budgets = c.samples_per_prompt, c.budgets
         episodes = rollout_episode_groups(self.mixture, episode_groups, self.engine, n, params, budgets)
-        rows += episodes.rows
+        critic_rows, critic_stats = self.closed_loop(scored + episodes.scored)
+        rows += episodes.rows + critic_rows
         t1 = time.perf_counter()
         if gpu_sleep:
             self.engine.sleep()

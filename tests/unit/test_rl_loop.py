@@ -351,3 +351,69 @@ def test_loop_trains_tool_use_episodes_beside_single_turn_groups(tool_checkpoint
     result = rl_run(cfg.model_copy(update={"iterations": 2}), engine=_tool_engine(tok))
     metrics = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [1, 2] and result.policy_version == 3
+
+
+def test_closed_loop_critic_judges_multi_turn_episodes_by_their_calls(tool_checkpoint, tmp_path, monkeypatch):
+    """A tool-use group whose episodes' outcomes differ feeds the closed loop: the critic reads each
+    episode's calls and results (not only its last words) and its judgments become training rows."""
+    from agentfactory.records import RewardBreakdown
+    from agentfactory.rl.envs import ToolUseEnv
+
+    def alternate(self, task, trajectories):  # verifier outcomes 1, 0, 1, ... within the group
+        return [
+            RewardBreakdown.combine(
+                {"rubric": float(i % 2 == 0), "correct": float(i % 2 == 0)}, {"rubric": 1}
+            )
+            for i in range(len(trajectories))
+        ]
+
+    monkeypatch.setattr(ToolUseEnv, "score_group", alternate)
+    trained: list[list[TrainRow]] = []
+    train = RLLoop.train
+    monkeypatch.setattr(RLLoop, "train", lambda self, rows: trained.append(rows) or train(self, rows))
+    cfg = _config(
+        tool_checkpoint,
+        tmp_path / "closed",
+        iterations=1,
+        prompts_per_iteration=1,
+        envs=[EnvSpec(kind="tool_use", config=TOOL_USE)],
+        critic={"enabled": True, "closed_loop_groups": 1},
+    )
+    tok = load_tokenizer(tool_checkpoint)
+    engine = _tool_engine(tok)
+    policy = engine.reply  # the critic's requests are chat messages; it always prefers the first
+    engine.reply = lambda r: "Verdict: A" if r.prompt_ids is None else policy(r)
+    result = rl_run(cfg, engine=engine)
+    (m,) = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    critic = [r for r in trained[0] if r.env == "critic"]
+    # K = 2 episodes with outcomes (1, 0): one pair judged in both orders; "A" agrees only when
+    # episode 0 is shown first
+    assert m["critic/rows"] == len(critic) == 2 and sorted(r.reward for r in critic) == [0.0, 1.0]
+    assert m["critic/agreement"] == 0.5
+    prompt = tok.decode(critic[0].prompt_ids)
+    tool = prompt.split("ASSISTANT calls ")[1].split("(")[0]
+    assert tool and "TOOL:" in prompt and "All done." in prompt  # the episode, not just its last reply
+
+
+def test_critic_reads_single_replies_whole_and_episodes_as_transcripts():
+    from agentfactory.records import Message, ToolCall, Trajectory
+    from agentfactory.rl.critic import response_text
+    from agentfactory.rl.envs.base import EnvTask
+
+    prompt = [Message(role="system", content="policy"), Message(role="user", content="Hi")]
+    task = EnvTask(id="t", env="e", kind="chat", prompt=prompt)
+    single = Trajectory(task_id="t", messages=[*prompt, Message(role="assistant", content="Hello!")])
+    assert response_text(task, single) == "Hello!"
+    call = ToolCall(id="c", name="find_order", arguments={"order_id": "ORD-1"})
+    episode = Trajectory(
+        task_id="t",
+        messages=[
+            *prompt,
+            Message(role="assistant", content="", tool_calls=[call]),
+            Message(role="tool", content='{"status": "shipped"}', tool_call_id="c"),
+            Message(role="assistant", content="It has shipped."),
+        ],
+    )
+    text = response_text(task, episode)
+    assert "find_order" in text and "ORD-1" in text and "shipped" in text and "policy" not in text
+    assert response_text(task, episode, limit=20).startswith("...")
