@@ -509,18 +509,26 @@ def _load_records(path: Path) -> list:
     if (path / "shards").is_dir():
         manifest = json.loads((path / "manifest.json").read_text())
         return list(ShardStore(path, manifest["fingerprint"]).records())
+    if path.suffix == ".jsonl" and path.is_file():  # judged episodes, e.g. runs/<id>/eval/sft.jsonl
+        from agentfactory.records import Trajectory
+
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [Trajectory.model_validate_json(line) for line in lines if line.strip()]
     parquet = path / "data.parquet" if path.is_dir() else path
     if parquet.exists():
         import datasets
 
         return [from_row(r) for r in datasets.Dataset.from_parquet(str(parquet))]
-    err.print(f"{path}: neither a synth run (shards/) nor an exported dataset (data.parquet)", markup=False)
+    err.print(
+        f"{path}: not a synth run (shards/), an exported dataset (data.parquet) or episodes (.jsonl)",
+        markup=False,
+    )
     raise typer.Exit(1)
 
 
 @data_app.command("show")
 def data_show(
-    path: Annotated[Path, typer.Argument(help="a synth run dir or an exported dataset dir")],
+    path: Annotated[Path, typer.Argument(help="a synth run dir, an exported dataset dir or episodes .jsonl")],
     record_id: Annotated[str | None, typer.Option("--id", help="one record id (or task id)")] = None,
     rejected: Annotated[bool, typer.Option("--rejected", help="only rejected episodes")] = False,
     domain: Annotated[str | None, typer.Option(help="only this domain")] = None,

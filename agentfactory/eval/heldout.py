@@ -3,7 +3,8 @@
 Synthesis and RL draw worlds from `world_start` ≥ 100 by default; evaluation uses worlds 0..N-1,
 so every user, order id, address and phrasing sample is new to the model. Success = the episode
 completed and the rubric's programmatic checks all pass (the judge with threshold 1.0). Results
-are reported per domain and per task kind, with the failure reasons.
+are reported per domain and per task kind, with the failure reasons; the judged episodes go to
+`<label>.jsonl` beside the summary (`agentfactory data show runs/<id>/eval/sft.jsonl --rejected`).
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def heldout_tasks(config: EvalConfig) -> list[Task]:
     return tasks[: config.max_tasks] if config.max_tasks else tasks
 
 
-def evaluate(agent: Agent, config: EvalConfig, tasks: list[Task] | None = None) -> dict[str, Any]:
-    """Success rates of `agent` on held-out tasks, per domain and kind, plus failure reasons."""
+def evaluate(
+    agent: Agent, config: EvalConfig, tasks: list[Task] | None = None, episodes: Path | None = None
+) -> dict[str, Any]:
+    """Success rates of `agent` on held-out tasks, per domain and kind, plus failure reasons;
+    the judged trajectories are written to the jsonl file `episodes` if given."""
     tasks = tasks if tasks is not None else heldout_tasks(config)
     domains = {t.domain: load_domain(next(f for f in domain_files() if f.stem == t.domain)) for t in tasks}
     judge = Judge(JudgeConfig(threshold=1.0))
@@ -71,7 +75,10 @@ def evaluate(agent: Agent, config: EvalConfig, tasks: list[Task] | None = None) 
         trajs = run_episodes(states, agent, ScriptedUser(), config.limits)
         for state, traj in zip(states, trajs, strict=True):
             verdict = judge.judge(state.task, traj, state.tools.state, state.rng)
-            results.append((state.task, traj, verdict))
+            results.append((state.task, traj.model_copy(update={"judge": verdict}), verdict))
+    if episodes is not None:
+        episodes.parent.mkdir(parents=True, exist_ok=True)
+        episodes.write_text("".join(traj.model_dump_json() + "\n" for _, traj, _ in results), encoding="utf-8")
     return summarize(results)
 
 
@@ -108,14 +115,15 @@ def summarize(results: list) -> dict[str, Any]:
 def evaluate_engine(
     engine: Engine, config: EvalConfig, out: Path | None = None, label: str = "policy"
 ) -> dict[str, Any]:
-    """Evaluate a model on an engine (greedy by default); write `<out>/<label>.json` if `out` is given."""
+    """Evaluate a model on an engine (greedy by default); with `out`, write `<out>/<label>.json` (the
+    summary) and `<out>/<label>.jsonl` (the judged episodes)."""
     params = SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens, logprobs=False)
     from agentfactory.synth.tito import engine_tokenizer
 
     # Token-in-token-out, as in RL: the model continues from the exact ids it sampled.
-    summary = evaluate(PolicyAgent(engine, params, tokenizer=engine_tokenizer(engine)), config)
+    agent = PolicyAgent(engine, params, tokenizer=engine_tokenizer(engine))
+    summary = evaluate(agent, config, episodes=out / f"{label}.jsonl" if out is not None else None)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         (out / f"{label}.json").write_text(json.dumps(summary, indent=2))
     return summary
 
