@@ -78,7 +78,9 @@ def evaluate(
             results.append((state.task, traj.model_copy(update={"judge": verdict}), verdict))
     if episodes is not None:
         episodes.parent.mkdir(parents=True, exist_ok=True)
-        episodes.write_text("".join(traj.model_dump_json() + "\n" for _, traj, _ in results), encoding="utf-8")
+        episodes.write_text(
+            "".join(traj.model_dump_json() + "\n" for _, traj, _ in results), encoding="utf-8"
+        )
     return summarize(results)
 
 
