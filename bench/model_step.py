@@ -9,6 +9,7 @@ matmuls run several times faster). Prints a table with the ratios (goal ≥ 2×)
 bench/results/model_step.json.
 
     python bench/model_step.py [--batch 4] [--seq 256] [--repeats 5] [--precision float32 autocast-bf16]
+    python bench/model_step.py --batch 2 --seq 2048 --out bench/results/model_step_seq2048.json  # SFT's length
 
 On a machine shared with other work use `--threads 1`: with 2 intra-op threads and one core busy
 elsewhere, every op waits on the descheduled thread and steps get ~10× slower and erratic.
@@ -80,6 +81,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="0 = torch's default for this machine")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = p.parse_args()
 
     import torch
@@ -164,7 +166,7 @@ def main() -> None:
         )
         console.print(f"ours autocast-bf16 vs transformers float32: {cross:.2f}× (different precision)")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     out = {
         "preset": args.preset,
         **cfg,
@@ -176,8 +178,8 @@ def main() -> None:
         "results": results,
         "memory": mem,
     }
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    console.print(f"wrote {RESULTS}")
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    console.print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
