@@ -312,10 +312,16 @@ def _tool_engine(tokenizer) -> ScriptedEngine:
     return engine
 
 
-def test_loop_trains_tool_use_episodes_beside_single_turn_groups(tool_checkpoint, tmp_path, monkeypatch):
+def _capture_trained_rows(monkeypatch) -> list[list[TrainRow]]:
+    """The rows of every `RLLoop.train` call, appended as the loop trains."""
     trained: list[list[TrainRow]] = []
     train = RLLoop.train
     monkeypatch.setattr(RLLoop, "train", lambda self, rows: trained.append(rows) or train(self, rows))
+    return trained
+
+
+def test_loop_trains_tool_use_episodes_beside_single_turn_groups(tool_checkpoint, tmp_path, monkeypatch):
+    trained = _capture_trained_rows(monkeypatch)
     cfg = _config(
         tool_checkpoint,
         tmp_path / "tools",
@@ -368,9 +374,7 @@ def test_closed_loop_critic_judges_multi_turn_episodes_by_their_calls(tool_check
         ]
 
     monkeypatch.setattr(ToolUseEnv, "score_group", alternate)
-    trained: list[list[TrainRow]] = []
-    train = RLLoop.train
-    monkeypatch.setattr(RLLoop, "train", lambda self, rows: trained.append(rows) or train(self, rows))
+    trained = _capture_trained_rows(monkeypatch)
     cfg = _config(
         tool_checkpoint,
         tmp_path / "closed",
