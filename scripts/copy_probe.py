@@ -14,7 +14,9 @@ Measured 2026-11-26 (1 thread each, batch 32 for --random):
   28 %), merged digits 47 % / 50 % at 100 / 150, no list copied exactly;
   --random, k2-mini + MuonClip lr 0.01: 8 % at 1,200 steps; --llama + AdamW 1e-3: 20 % at 1,500;
   **k2-mini + AdamW 1e-3: 7 % at 600, 61 % at 700, 89 % at 800, 91 % at 1,500** (an induction
-  phase change; AdamW 3e-3 stays at 0 %); the same task at a fixed offset: > 95 % within 75 steps.
+  phase change; AdamW 3e-3 stays at 0 %); **k2-mini + MuonClip lr 0.003 (AdamW groups 1e-3): 17 % at
+  400, 77 % at 500**: Muon's default lr 0.02 is what blocks induction, not Muon; the same task at a
+  fixed offset: > 95 % within 75 steps.
 
     python scripts/copy_probe.py --corpus runs/quickstart/corpus/corpus.jsonl --steps 200
     python scripts/copy_probe.py --random --batch 32 --steps 1500 --optimizer adamw --lr 1e-3
