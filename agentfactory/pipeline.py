@@ -15,7 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfactory.config import StrictModel, writable_dir
-from agentfactory.stages import CorpusStage, EvalStage, RLStage, TokenizerStage, TrainStage, run_model_stages
+from agentfactory.stages import (
+    CopyStage,
+    CorpusStage,
+    EvalStage,
+    RLStage,
+    TokenizerStage,
+    TrainStage,
+    run_model_stages,
+)
 from agentfactory.synth.config import SynthConfig
 from agentfactory.tools import domain_files, load_domain
 
@@ -49,6 +57,9 @@ class PipelineConfig(StrictModel):
         None, description="a generated pretraining corpus (oracle conversations)"
     )
     tokenizer: TokenizerStage | None = None
+    curriculum: CopyStage | None = Field(
+        None, description="a copy curriculum before pretraining (in-context copying, see train.CopyData)"
+    )
     pretrain: TrainStage | None = None
     sft: TrainStage | None = None
     rl: RLStage | None = Field(None, description="colocated RL from the SFT checkpoint")

@@ -42,6 +42,15 @@ class TrainStage(StrictModel):
     seq_len: int = Field(1024, ge=16)
 
 
+class CopyStage(StrictModel):
+    """The copy curriculum that runs before pretraining (train.CopyData): the model learns in-context
+    copying on random-token lists first, then pretrains on the corpus from there."""
+
+    preset: str = "k2-mini"
+    data: dict[str, Any] = Field(default_factory=dict, description="CopyData fields (rows, items, ...)")
+    train: dict[str, Any] = Field(default_factory=dict, description="PretrainConfig overrides")
+
+
 class RLStage(StrictModel):
     """Colocated RL from the SFT checkpoint; `config` passes through to `RLConfig` (envs, iterations, ...)."""
 
@@ -135,9 +144,9 @@ def train_tokenizer_stage(cfg: TokenizerStage, corpora: list[Path], out: Path, c
 
 def _train(
     kind: str,
-    stage: TrainStage,
+    stage: TrainStage | CopyStage,
     tokenizer: Path,
-    data: list[Path],
+    data: dict[str, Any],
     init_from: Path | None,
     out: Path,
     seed: int,
@@ -147,7 +156,7 @@ def _train(
     base = {
         "model": {"preset": stage.preset, **({"init_from": str(init_from)} if init_from else {})},
         "tokenizer": str(tokenizer),
-        "data": {"paths": [str(p) for p in data], "seq_len": stage.seq_len},
+        "data": data,
         "output_dir": str(out),
         "seed": seed,
         **stage.train,
@@ -160,6 +169,24 @@ def _train(
         "tokens_per_s": result.tokens_per_s,
         "model": str(result.model_dir),
     }
+
+
+def copy_scores(model_dir: Path, tokenizer_dir: Path, copy: dict[str, Any], corpus: Path | None) -> dict:
+    """Held-out in-context copying of a checkpoint: random-token lists (the curriculum's kind, another
+    seed) and, with a corpus, fresh lists of the corpus's ids and emails (what tool use copies)."""
+    from agentfactory.eval.copying import copy_accuracy, recall_rows
+    from agentfactory.model import K2ForCausalLM, load_tokenizer
+    from agentfactory.train import CopyData, copy_rows
+
+    tok = load_tokenizer(tokenizer_dir)
+    model = K2ForCausalLM.from_pretrained(model_dir)
+    held_out = CopyData.model_validate({**copy, "kind": "copy", "rows": 100, "seed": -1})
+    scores = {"random_lists": copy_accuracy(model, copy_rows(held_out, tok))}
+    if corpus is not None and corpus.exists():
+        texts = [t for t in (json.loads(line)["text"] for line in corpus.open()) if not t.startswith("Note:")]
+        docs = recall_documents(texts, 100, random.Random(-1))
+        scores["corpus_ids"] = copy_accuracy(model, recall_rows(docs, tok))
+    return scores
 
 
 def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console: Console) -> dict:
@@ -189,8 +216,16 @@ def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console:
     return results
 
 
+def _copy_line(scores: dict) -> str:
+    return ", ".join(
+        f"{name.replace('_', ' ')} {100 * s['token_accuracy']:.0f}% of tokens ({100 * s['exact']:.0f}% exact)"
+        for name, s in scores.items()
+    )
+
+
 def run_model_stages(config: Any, console: Console, results: dict) -> None:
-    """corpus → tokenizer → pretrain → SFT → RL → eval, each skipped when its stage.done exists."""
+    """corpus → tokenizer → copy curriculum → pretrain → SFT → RL → eval, each skipped when its
+    stage.done exists."""
     run = config.run_dir
     seed = config.seed
 
@@ -212,18 +247,28 @@ def run_model_stages(config: Any, console: Console, results: dict) -> None:
     if config.tokenizer is not None:
         stage("tokenizer", lambda d: train_tokenizer_stage(config.tokenizer, corpora, d, console))
     tokenizer = run / "tokenizer"
+    corpus = run / "corpus" / "corpus.jsonl"
     models: dict[str, Path] = {}
+
+    def trained(kind: str, cfg: TrainStage | CopyStage, data: dict, init: Path | None, d: Path) -> dict:
+        summary = _train(kind, cfg, tokenizer, data, init, d, seed)
+        if kind == "pretrain":
+            copy = config.curriculum.data if config.curriculum is not None else {}
+            summary["copy_accuracy"] = copy_scores(Path(summary["model"]), tokenizer, copy, corpus)
+            console.print(f"{d.name}: in-context copying {_copy_line(summary['copy_accuracy'])}")
+        return summary
+
+    if config.curriculum is not None:
+        copy_data = {**config.curriculum.data, "kind": "copy"}
+        stage("curriculum", lambda d: trained("pretrain", config.curriculum, copy_data, None, d))
+        models["curriculum"] = run / "curriculum" / "model"
     if config.pretrain is not None:
-        stage(
-            "pretrain",
-            lambda d: _train(
-                "pretrain", config.pretrain, tokenizer, [run / "corpus" / "corpus.jsonl"], None, d, seed
-            ),
-        )
+        text = {"paths": [str(corpus)], "seq_len": config.pretrain.seq_len}
+        stage("pretrain", lambda d: trained("pretrain", config.pretrain, text, models.get("curriculum"), d))
         models["base"] = run / "pretrain" / "model"
     if config.sft is not None:
-        init = models.get("base")
-        stage("sft", lambda d: _train("sft", config.sft, tokenizer, [dataset], init, d, seed))
+        chat = {"paths": [str(dataset)], "seq_len": config.sft.seq_len}
+        stage("sft", lambda d: trained("sft", config.sft, chat, models.get("base"), d))
         models["sft"] = run / "sft" / "model"
     if config.rl is not None and "sft" in models:
         stage("rl", lambda d: run_rl(config.rl, models["sft"], d, seed, console))

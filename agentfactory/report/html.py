@@ -111,6 +111,18 @@ def build_report(run_dir: str | Path, tau: float | None = None, title: str | Non
         for k, v in evals.items()
         if v
     )
+    copy_rows = "".join(
+        f"<tr><td>after {html.escape(stage)}</td><td>{html.escape(kind.replace('_', ' '))}</td>"
+        f"<td>{100 * s['token_accuracy']:.0f}%</td><td>{100 * s['exact']:.0f}%</td></tr>"
+        for stage in ("curriculum", "pretrain")
+        for kind, s in (summary.get(stage) or {}).get("copy_accuracy", {}).items()
+    )
+    copying = (
+        "<h2>In-context copying (held-out lists; tool use copies ids and emails)</h2><table><tr><th>checkpoint</th>"
+        f"<th>lists of</th><th>tokens right</th><th>lists exact</th></tr>{copy_rows}</table>"
+        if copy_rows
+        else ""
+    )
     examples = run / "synth" / "examples.html"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title or run.name)} — agentfactory report</title>
@@ -124,6 +136,7 @@ window.addEventListener("load", () => {{ const im = [...document.images];
 <h2>Targets (held-out tool-use success)</h2>
 <ul>{"".join(_targets(evals))}</ul>
 <table><tr><th>model</th><th>success</th><th>rate</th></tr>{eval_rows}</table>
+{copying}
 {"".join(sections)}
 <h2>Example trajectories</h2>
 {examples.read_text() if examples.exists() else "<p><i>no synthesis examples</i></p>"}

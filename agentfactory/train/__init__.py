@@ -6,6 +6,7 @@ calls), or `torchrun --nproc_per_node N -m agentfactory.train pretrain|sft CONFI
 
 from agentfactory.train.config import (
     ChatData,
+    CopyData,
     ModelSource,
     ParallelConfig,
     PretrainConfig,
@@ -14,7 +15,7 @@ from agentfactory.train.config import (
     TextData,
     TrainConfig,
 )
-from agentfactory.train.data import DataError, DataStats, load_chat, load_text
+from agentfactory.train.data import DataError, DataStats, copy_rows, load_chat, load_pretrain, load_text
 from agentfactory.train.schedule import lr_multiplier
 from agentfactory.train.trainer import (
     Trainer,
@@ -28,6 +29,7 @@ from agentfactory.train.trainer import (
 
 __all__ = [
     "ChatData",
+    "CopyData",
     "DataError",
     "DataStats",
     "ModelSource",
@@ -41,7 +43,9 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "build_model",
+    "copy_rows",
     "load_chat",
+    "load_pretrain",
     "load_text",
     "lr_multiplier",
     "pretrain",

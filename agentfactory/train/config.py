@@ -15,9 +15,9 @@ A YAML file maps onto these 1:1 (`load_config(path, SFTConfig, ["steps=50"])`), 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Discriminator, Field, NonNegativeInt, PositiveFloat, PositiveInt, Tag, model_validator
 
 from agentfactory.config import StrictModel
 from agentfactory.model.config import PresetName
@@ -52,10 +52,57 @@ class ScheduleConfig(StrictModel):
 class TextData(StrictModel):
     """Pretraining text, packed: documents joined with [EOS] and cut into seq_len rows."""
 
+    kind: Literal["text"] = "text"
     paths: list[str] = Field(
         min_length=1, description=".txt files (one document each) or .jsonl rows with 'text' or 'messages'"
     )
     seq_len: PositiveInt = Field(256, description="tokens per packed row")
+
+
+class CopyData(StrictModel):
+    """A copy curriculum: rows of random tokens, a separator, then the same tokens again; the loss is
+    on the repeat only. Filler of random length before the list moves the repeat's offset, so only
+    content-addressed copying (an induction head) predicts it. Tool use is copying (an email the
+    user gave, an id a tool returned) and k2-mini learns it from plain text too late for a CPU
+    budget; this data makes it the one thing to learn (scripts/copy_probe.py measured it)."""
+
+    kind: Literal["copy"]
+    rows: PositiveInt = Field(20_000, description="distinct training rows (generated from `seed`)")
+    items: tuple[PositiveInt, PositiveInt] = Field((4, 16), description="list length range (inclusive)")
+    filler: tuple[NonNegativeInt, NonNegativeInt] = Field(
+        (0, 7), description="random tokens before the list (inclusive range)"
+    )
+    vocab: PositiveInt | None = Field(
+        None, description="draw tokens from the first N ordinary ids (None = the whole vocabulary)"
+    )
+    alphabet: tuple[PositiveInt, PositiveInt] | None = Field(
+        None,
+        description="per row, draw from a random subset of this many ids (log-uniform in the range): "
+        "small alphabets repeat tokens within a list, so copying must match several previous tokens, "
+        "as copying an id digit by digit does",
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> CopyData:
+        for name in ("items", "filler", "alphabet"):
+            if getattr(self, name) is None:
+                continue
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
+        return self
+
+
+def _data_kind(value: Any) -> str:
+    return (
+        value.get("kind", "text") if isinstance(value, dict) else getattr(value, "kind", "text")
+    ) or "text"
+
+
+PretrainData = Annotated[
+    Annotated[TextData, Tag("text")] | Annotated[CopyData, Tag("copy")], Discriminator(_data_kind)
+]
 
 
 class ChatData(StrictModel):
@@ -125,7 +172,7 @@ class TrainConfig(StrictModel):
 
 
 class PretrainConfig(TrainConfig):
-    data: TextData
+    data: PretrainData
 
 
 class SFTConfig(TrainConfig):

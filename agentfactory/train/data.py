@@ -9,6 +9,9 @@ Bad input: a row whose messages or tools do not validate raises `DataError` nami
 row id; a row with no assistant turn is skipped and counted, as is a row whose assistant tokens all
 fall beyond `seq_len` after truncation.
 
+Copy curriculum (`CopyData`): generated rows of random tokens, "\nAgain:", the same tokens again;
+only the repeat is a target.
+
 Order: the sample at global position k (0, 1, 2, ... over all steps) is row perm_e[k mod N] with
 e = k // N and perm_e a permutation seeded by (seed, e). The data position is just k, so a resumed
 run continues with exactly the rows an uninterrupted run would have seen.
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +31,9 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from agentfactory.model.chat import EOS, encode_with_mask, render
+from agentfactory.model.chat import EOS, SPECIAL_TOKENS, encode_with_mask, render
 from agentfactory.records import Message, ToolSpec
-from agentfactory.train.config import ChatData, TextData
+from agentfactory.train.config import ChatData, CopyData, TextData
 
 IGNORE = -100
 
@@ -148,6 +153,37 @@ def load_text(data: TextData, tokenizer) -> TokenDataset:
     stats.used, stats.tokens = stats.rows, rows.numel()
     stats.target_tokens = n_rows * (data.seq_len - 1)
     return TokenDataset(list(rows), list(rows), pad_id=tokenizer.pad_token_id, stats=stats)
+
+
+def copy_rows(data: CopyData, tokenizer) -> TokenDataset:
+    """`data.rows` copy rows (filler, "Note:", list, "\nAgain:", list), labels on the repeat only.
+    "Note:" marks where the list starts, as in the corpus's recall documents: without it the first
+    item is unfindable (it follows a random filler token) and no list is ever copied exactly."""
+    first = len(SPECIAL_TOKENS)  # special tokens take the lowest ids (see model/tokenizer.py)
+    last = len(tokenizer) if data.vocab is None else min(len(tokenizer), first + data.vocab)
+    note = tokenizer.encode("Note:", add_special_tokens=False)
+    sep = tokenizer.encode("\nAgain:", add_special_tokens=False)
+    rng = random.Random(data.seed)
+    stats = DataStats(rows=data.rows, used=data.rows)
+    ids_rows, label_rows = [], []
+    vocab_ids = range(first, last)
+    for _ in range(data.rows):
+        pool = vocab_ids
+        if data.alphabet is not None:
+            size = round(math.exp(rng.uniform(*(math.log(n) for n in data.alphabet))))
+            pool = rng.sample(vocab_ids, min(size, len(vocab_ids)))
+        filler = [rng.choice(pool) for _ in range(rng.randint(*data.filler))]
+        items = [rng.choice(pool) for _ in range(rng.randint(*data.items))]
+        context = filler + note + items + sep
+        ids_rows.append(torch.tensor(context + items))
+        label_rows.append(torch.tensor([IGNORE] * len(context) + items))
+        stats.tokens += len(context) + len(items)
+        stats.target_tokens += len(items)
+    return TokenDataset(ids_rows, label_rows, pad_id=tokenizer.pad_token_id, stats=stats)
+
+
+def load_pretrain(data: TextData | CopyData, tokenizer) -> TokenDataset:
+    return copy_rows(data, tokenizer) if isinstance(data, CopyData) else load_text(data, tokenizer)
 
 
 # -------------------------------------------------------------------------------------------- SFT

@@ -45,7 +45,7 @@ from agentfactory.train.checkpoint import (
     save_checkpoint,
 )
 from agentfactory.train.config import PretrainConfig, SFTConfig, TrainConfig
-from agentfactory.train.data import IGNORE, DataError, DataStats, TokenDataset, load_chat, load_text
+from agentfactory.train.data import IGNORE, DataError, DataStats, TokenDataset, load_chat, load_pretrain
 from agentfactory.train.data import step_micro_batches as micro_batches
 from agentfactory.train.schedule import lr_multiplier
 
@@ -66,10 +66,11 @@ class TrainResult:
 
 
 def pretrain(config: PretrainConfig, **kwargs: Any) -> TrainResult:
-    """Train (or continue training) a K2 model on packed text; see `train` for the keyword args."""
+    """Train (or continue training) a K2 model on packed text or a copy curriculum; see `train` for
+    the keyword args."""
     writable_dir(config.output_dir)  # fail before tokenizing the data
     tokenizer = load_tokenizer(config.tokenizer)
-    return train(config, load_text(config.data, tokenizer), tokenizer, **kwargs)
+    return train(config, load_pretrain(config.data, tokenizer), tokenizer, **kwargs)
 
 
 def sft(config: SFTConfig, **kwargs: Any) -> TrainResult:

@@ -39,3 +39,40 @@ def test_heldout_worlds_do_not_overlap_synthesis():
     held = {t.meta["world_seed"] for t in heldout_tasks(EvalConfig(worlds=5))}
     assert held.isdisjoint(range(train.world_start, train.world_start + train.worlds))
     assert max(held) < 100 <= train.world_start
+
+
+def test_copy_accuracy_counts_repeat_tokens_and_exact_rows():
+    from types import SimpleNamespace
+
+    import torch
+
+    from agentfactory.eval.copying import copy_accuracy, recall_rows
+    from agentfactory.train.data import IGNORE, TokenDataset
+
+    class Lookahead(torch.nn.Module):
+        """Predicts the true next token except where the next token is `wrong`."""
+
+        def __init__(self, wrong: int) -> None:
+            super().__init__()
+            self.wrong = wrong
+
+        def forward(self, ids):
+            nxt = torch.roll(ids, -1, dims=1)
+            nxt = torch.where(nxt == self.wrong, nxt + 1, nxt)
+            return SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, 64).float())
+
+    ids = [torch.tensor([5, 6, 7, 9, 6, 7]), torch.tensor([8, 9, 3, 9, 3])]
+    labels = [torch.tensor([IGNORE] * 4 + [6, 7]), torch.tensor([IGNORE] * 3 + [9, 3])]
+    rows = TokenDataset(ids, labels, pad_id=0)
+    assert copy_accuracy(Lookahead(wrong=-1), rows) == {"token_accuracy": 1.0, "exact": 1.0, "rows": 2}
+    assert copy_accuracy(Lookahead(wrong=7), rows) == {"token_accuracy": 0.75, "exact": 0.5, "rows": 2}
+    assert copy_accuracy(Lookahead(wrong=7), rows, limit=1)["token_accuracy"] == 0.5
+
+    class CharTok:
+        pad_token_id = 0
+
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+    (row,) = recall_rows(["Note: A1, b.\nAgain: A1, b."], CharTok()).labels
+    assert "".join(chr(t) for t in row[row != IGNORE].tolist()) == " A1, b."

@@ -53,7 +53,9 @@ def fake_run(root: Path, rl_gain: float = 0.02) -> Path:
                 }
             )
         )
-    (run / "summary.json").write_text(json.dumps({"synth": {"seconds": 12.0}, "sft": {"seconds": 40.0}}))
+    copied = {"random_lists": {"token_accuracy": 0.93, "exact": 0.61, "rows": 100}}
+    summary = {"synth": {"seconds": 12.0}, "sft": {"seconds": 40.0}, "pretrain": {"copy_accuracy": copied}}
+    (run / "summary.json").write_text(json.dumps(summary))
     return run
 
 
@@ -67,6 +69,7 @@ def test_every_figure_and_a_plain_verdict(tmp_path):
     assert "rl ≥ sft + 5 points: <b style='color:#c44e52'>NOT met</b>" in page  # +2 points only
     assert "id='example'" in page
     assert page.index(">base<") < page.index(">sft<") < page.index(">rl<")
+    assert "<td>after pretrain</td><td>random lists</td><td>93%</td><td>61%</td>" in page
 
 
 def test_partial_run_says_what_is_missing(tmp_path):
@@ -74,4 +77,4 @@ def test_partial_run_says_what_is_missing(tmp_path):
     run.mkdir()
     page = build_report(run).read_text()
     assert page.count("not available: the stage did not run") == len(FIGURES)
-    assert "not measured" in page
+    assert "not measured" in page and "In-context copying" not in page

@@ -9,12 +9,14 @@ import torch
 from agentfactory.model import K2ForCausalLM, encode_with_mask, load_tokenizer, render, train_tokenizer
 from agentfactory.train import (
     ChatData,
+    CopyData,
     DataError,
     PretrainConfig,
     ScheduleConfig,
     SFTConfig,
     TextData,
     TrainingDiverged,
+    copy_rows,
     load_chat,
     load_text,
     lr_multiplier,
@@ -134,6 +136,45 @@ def test_pretraining_text_is_packed_with_eos_separators(corpus, tmp_path):
     assert all(len(row) == 8 for row in data.ids) and data.stats.rows == 3
     with pytest.raises(DataError, match="fewer than one row"):
         load_text(TextData(paths=[str(tmp_path / "a.txt")], seq_len=4096), tok)
+
+
+def test_copy_curriculum_rows_repeat_a_random_list_with_loss_on_the_repeat_only(corpus):
+    tok = load_tokenizer(corpus / "tok")
+    data = CopyData(kind="copy", rows=40, items=(3, 6), filler=(0, 4), vocab=50, seed=1)
+    rows = copy_rows(data, tok)
+    sep = tok.encode("\nAgain:", add_special_tokens=False)
+    note = tok.encode("Note:", add_special_tokens=False)
+    offsets = set()
+    for ids, labels in zip(rows.ids, rows.labels, strict=True):
+        target = labels != IGNORE
+        n = int(target.sum())
+        repeat, before = ids[-n:].tolist(), ids[: -n - len(sep)].tolist()
+        assert 3 <= n <= 6 and target[-n:].all() and labels[-n:].tolist() == repeat
+        assert ids[-n - len(sep) : -n].tolist() == sep and before[-n:] == repeat  # list, separator, list
+        assert before[-n - len(note) : -n] == note  # the list's start is marked
+        filler = before[: -n - len(note)]
+        assert all(16 <= t < 66 for t in filler + repeat)  # ordinary ids only, from the first `vocab`
+        offsets.add(len(filler))
+    assert offsets == set(range(5))  # the filler moves the repeat: no fixed offset to learn
+    assert rows.stats.target_tokens == sum(int((lab != IGNORE).sum()) for lab in rows.labels)
+    assert copy_rows(data, tok).fingerprint() == rows.fingerprint()  # seeded
+    assert copy_rows(data.model_copy(update={"seed": 2}), tok).fingerprint() != rows.fingerprint()
+    small = copy_rows(data.model_copy(update={"alphabet": (2, 2), "items": (8, 8)}), tok)
+    for labels in small.labels:
+        assert len(set(labels[labels != IGNORE].tolist())) <= 2  # repeats: copying needs more context
+
+
+def test_pretrain_data_is_text_unless_kind_copy(corpus, tmp_path):
+    cfg = _pretrain_config(corpus, tmp_path)
+    assert isinstance(cfg.data, TextData)
+    cfg = _pretrain_config(corpus, tmp_path, data={"kind": "copy", "rows": 64, "items": [2, 4]})
+    assert isinstance(cfg.data, CopyData) and cfg.data.items == (2, 4)
+    with pytest.raises(ValueError, match="items: lower bound 5 is above upper bound 4"):
+        _pretrain_config(corpus, tmp_path, data={"kind": "copy", "items": [5, 4]})
+    with pytest.raises(ValueError, match="paths"):  # a copy field on text data is not silently ignored
+        _pretrain_config(corpus, tmp_path, data={"paths": [], "rows": 3})
+    result = pretrain(cfg)
+    assert result.steps == 6 and result.data.target_tokens < result.data.tokens / 2
 
 
 # ---------------------------------------------------------------------------------------- SFT data
