@@ -619,6 +619,12 @@ def train_sft(
 def rl_run_cmd(
     config: Annotated[Path, typer.Argument(help="an RLConfig YAML, e.g. pipelines/rl.yaml")],
     overrides: Overrides = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="rollout engines (> 1: Ray actors)")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="a Ray cluster for the engine workers")
+    ] = None,
 ) -> None:
     """Colocated RL from an SFT checkpoint; resumes from <output_dir>/checkpoint; NaN stops cleanly."""
     from agentfactory.llm.vllm_health import EngineDeadError
@@ -626,8 +632,10 @@ def rl_run_cmd(
     from agentfactory.rl.loop import rl_run
     from agentfactory.train import TrainingDiverged
 
+    flags = [f"engine.workers={workers}"] if workers else []
+    flags += [f"engine.ray_address={ray_address}"] if ray_address else []
     try:
-        cfg = load_config(config, RLConfig, overrides or [])
+        cfg = load_config(config, RLConfig, [*(overrides or []), *flags])
     except ConfigError as e:
         _fail(e)
     if not Path(cfg.model).is_dir():

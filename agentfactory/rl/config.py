@@ -64,6 +64,9 @@ class EngineSpec(StrictModel):
         "(rl/engine_pool.py), requests split across them, weights pushed to all",
     )
     worker_cpus: float = Field(1.0, gt=0, description="CPUs each Ray engine worker reserves (workers > 1)")
+    worker_gpus: float = Field(
+        0.0, ge=0, description="GPUs each Ray engine worker reserves (workers > 1; 1 = a GPU per engine)"
+    )
     ray_address: str | None = Field(
         None, description="Ray cluster address for the engine workers (default: a local Ray)"
     )

@@ -44,7 +44,12 @@ def start_engine(config: RLConfig) -> Engine:
         from agentfactory.rl.engine_pool import EnginePool
 
         return EnginePool(
-            config.model, e.workers, engine_kwargs(config), cpus=e.worker_cpus, ray_address=e.ray_address
+            config.model,
+            e.workers,
+            engine_kwargs(config),
+            cpus=e.worker_cpus,
+            gpus=e.worker_gpus,
+            ray_address=e.ray_address,
         )
     from agentfactory.llm.vllm_engine import VLLMEngine
 

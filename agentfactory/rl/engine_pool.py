@@ -115,6 +115,7 @@ class EnginePool:
         kwargs: Mapping[str, Any] | None = None,
         *,
         cpus: float = 1.0,
+        gpus: float = 0.0,
         ray_address: str | None = None,
         max_restarts: int = 3,
     ) -> None:
@@ -135,7 +136,7 @@ class EnginePool:
         self.model_id = f"{self.model_path}@{model_fingerprint(self.model_path)}"
         self.max_restarts, self.restarts = max_restarts, 0
         self._started_ray = init_ray(ray_address, workers * cpus)
-        self._actor_cls = ray.remote(num_cpus=cpus, max_restarts=0)(EngineWorker)
+        self._actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0)(EngineWorker)
         self._last: tuple[Any, int] | None = None  # the last pushed weights (object ref | path), version
         self.versions = [0] * workers
         self.actors: list[Any] = [self._spawn(i) for i in range(workers)]

@@ -125,6 +125,23 @@ def test_rl_run_reports_bad_config(tmp_path):
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception  # handled, no traceback
 
 
+def test_rl_run_flags_set_the_engine_workers(tmp_path, monkeypatch):
+    import agentfactory.rl.loop as loop
+
+    seen = {}
+
+    def fake_rl_run(cfg, console=None):
+        seen["engine"] = cfg.engine
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(loop, "rl_run", fake_rl_run)
+    args = ["rl", "run", "pipelines/rl.yaml", "--set", f"model={tmp_path}", "--workers", "2"]
+    r = runner.invoke(app, [*args, "--ray-address", "10.0.0.1:6379"])
+    assert r.exit_code == 1 and "rl failed: stopped by the test" in r.stderr
+    assert seen["engine"].workers == 2 and seen["engine"].ray_address == "10.0.0.1:6379"
+    assert runner.invoke(app, [*args[:-1], "0"]).exit_code == 2  # usage error: at least one worker
+
+
 def test_read_only_output_is_one_clear_line(tmp_path):
     # The tests run as root (mode bits do not stop root), so "read-only" is a file where the output
     # directory must go: the same check (mkdir + a probe write) reports EACCES/EROFS the same way.

@@ -67,8 +67,10 @@ def test_engine_workers_config_and_start_engine_picks_the_pool(monkeypatch):
     made = {}
 
     class FakePool:
-        def __init__(self, model, workers, kwargs, *, cpus, ray_address):
-            made.update(model=model, workers=workers, kwargs=kwargs, cpus=cpus, ray_address=ray_address)
+        def __init__(self, model, workers, kwargs, *, cpus, gpus, ray_address):
+            made.update(
+                model=model, workers=workers, kwargs=kwargs, cpus=cpus, gpus=gpus, ray_address=ray_address
+            )
 
     import agentfactory.rl.engine_pool as engine_pool
     from agentfactory.rl.engine import start_engine
@@ -78,8 +80,15 @@ def test_engine_workers_config_and_start_engine_picks_the_pool(monkeypatch):
         model="m",
         envs=[EnvSpec(kind="math")],
         seed=7,
-        engine={"workers": 3, "worker_cpus": 2, "ray_address": "10.0.0.1:6379", "max_model_len": 512},
+        engine={
+            "workers": 3,
+            "worker_cpus": 2,
+            "worker_gpus": 1,
+            "ray_address": "10.0.0.1:6379",
+            "max_model_len": 512,
+        },
     )
     assert isinstance(start_engine(config), FakePool)
     assert made["workers"] == 3 and made["cpus"] == 2 and made["ray_address"] == "10.0.0.1:6379"
+    assert made["gpus"] == 1
     assert made["kwargs"]["max_model_len"] == 512 and made["kwargs"]["seed"] == 7
