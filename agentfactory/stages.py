@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from rich.console import Console
 
 from agentfactory.config import StrictModel
@@ -49,6 +49,14 @@ class CopyStage(StrictModel):
     preset: str = "k2-mini"
     data: dict[str, Any] = Field(default_factory=dict, description="CopyData fields (rows, items, ...)")
     train: dict[str, Any] = Field(default_factory=dict, description="PretrainConfig overrides")
+
+    @field_validator("data")
+    @classmethod
+    def _valid_copy_data(cls, data: dict[str, Any]) -> dict[str, Any]:
+        from agentfactory.train.config import CopyData
+
+        CopyData.model_validate({**data, "kind": "copy"})  # a typo fails at load, not after synthesis
+        return data
 
 
 class RLStage(StrictModel):

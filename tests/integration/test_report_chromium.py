@@ -42,7 +42,17 @@ def render(page: Path, tmp: Path) -> str:
 
 
 def smoke(out: Path) -> subprocess.CompletedProcess:
-    cmd = [str(BIN), "run", "pipelines/quickstart.yaml", "--smoke", "--set", f"output_dir={out}"]
+    curriculum = "curriculum={data: {rows: 64}, train: {steps: 3, batch_size: 4, micro_batch_size: 4}}"
+    cmd = [
+        str(BIN),
+        "run",
+        "pipelines/quickstart.yaml",
+        "--smoke",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        curriculum,
+    ]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
@@ -53,9 +63,14 @@ def test_quickstart_smoke_and_report(tmp_path):
     assert json.loads((run / "synth" / "manifest.json").read_text())["accepted"] > 5
     assert (run / "corpus" / "corpus.jsonl").stat().st_size > 0
     assert (run / "tokenizer" / "tokenizer.json").exists()
-    for stage in ("pretrain", "sft"):
+    for stage in ("curriculum", "pretrain", "sft"):
         assert (run / stage / "model" / "config.json").exists()
         assert len((run / stage / "metrics.jsonl").read_text().splitlines()) >= 3
+    pretrain = json.loads((run / "pretrain" / "config.json").read_text())
+    assert pretrain["model"]["init_from"] == str(run / "curriculum" / "model")  # the curriculum's weights
+    summary = json.loads((run / "summary.json").read_text())
+    for stage in ("curriculum", "pretrain"):
+        assert set(summary[stage]["copy_accuracy"]) == {"random_lists", "corpus_ids"}
     assert len((run / "rl" / "metrics.jsonl").read_text().splitlines()) == 2
     for model in ("base", "sft", "rl"):
         assert json.loads((run / "eval" / f"{model}.json").read_text())["tasks"] > 0
@@ -67,8 +82,8 @@ def test_quickstart_smoke_and_report(tmp_path):
     assert m, dom[:500]
     loaded, total = map(int, m.groups())
     assert total == len(FIGURES) and loaded == total
-    assert "Example trajectories" in dom
+    assert "Example trajectories" in dom and "In-context copying" in dom
 
     again = smoke(tmp_path)  # every stage finished: the rerun skips them
     assert again.returncode == 0
-    assert again.stdout.count("done earlier, skipped") >= 6
+    assert again.stdout.count("done earlier, skipped") >= 7

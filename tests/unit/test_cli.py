@@ -43,6 +43,9 @@ def test_config_show_applies_overrides(tmp_path):
     r = runner.invoke(app, ["config", "show", "pipelines/quickstart.yaml", "--set", "sede=7"])
     assert r.exit_code == 1
     assert "--set sede=7: <root>: unknown key 'sede'" in r.stderr
+    bad_curriculum = "curriculum={data: {rowz: 10}}"  # checked at load, not after the stages before it
+    r = runner.invoke(app, ["config", "show", "pipelines/quickstart.yaml", "--set", bad_curriculum])
+    assert r.exit_code == 1 and "curriculum.data: unknown key 'rowz'" in r.stderr
 
 
 def test_run_writes_outputs(tmp_path):
