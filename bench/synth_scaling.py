@@ -13,6 +13,7 @@ import os
 import platform
 import statistics
 import time
+from collections import deque
 from pathlib import Path
 
 import ray
@@ -27,17 +28,27 @@ OUT = Path(__file__).parent / "results"
 REPEATS = 5
 
 
-def throughput(actors: list, batches: list) -> float:
-    """Accepted trajectories per second, all batches spread round-robin over the actors."""
+def throughput(actors: list, batches: list, inflight: int) -> float:
+    """Accepted trajectories per second, dispatched as the pipeline does: `inflight` batches per
+    actor, and the next batch goes to whichever actor finishes one (batches differ in cost)."""
     t0 = time.perf_counter()
-    refs = [actors[i % len(actors)].run.remote(b) for i, b in enumerate(batches)]
-    accepted = sum(r.judge.accepted for out in ray.get(refs) for r in out)
+    queue, pending, accepted = deque(batches), {}, 0
+    for i, actor in enumerate(actors):
+        for _ in range(inflight):
+            if queue:
+                pending[actor.run.remote(queue.popleft())] = i
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        i = pending.pop(ref)
+        accepted += sum(r.judge.accepted for r in ray.get(ref))
+        if queue:
+            pending[actors[i].run.remote(queue.popleft())] = i
     return accepted / (time.perf_counter() - t0)
 
 
 def main() -> None:
     console = Console()
-    cfg = SynthConfig(worlds=4, batch_size=16)
+    cfg = SynthConfig(worlds=16, batch_size=16)
     paths = domain_paths(cfg)
     tasks = make_tasks(cfg, paths)
     batches = [[(t, 0) for t in tasks[i : i + cfg.batch_size]] for i in range(0, len(tasks), cfg.batch_size)]
@@ -46,8 +57,8 @@ def main() -> None:
     results = {}
     for n in (1, 2):
         actors = [worker.remote(cfg, paths) for _ in range(n)]
-        throughput(actors, batches[: 2 * n])  # warm-up: imports, domain loading
-        runs = [throughput(actors, batches) for _ in range(REPEATS)]
+        throughput(actors, batches[: 2 * n], cfg.inflight_per_worker)  # warm-up: imports, domains
+        runs = [throughput(actors, batches, cfg.inflight_per_worker) for _ in range(REPEATS)]
         results[n] = {"accepted_per_s": statistics.median(runs), "runs": runs}
         for a in actors:
             ray.kill(a)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, model_validator
 
 from agentfactory.config import StrictModel
 from agentfactory.records import (
@@ -310,6 +310,7 @@ class Domain(StrictModel):
     state: StateSpec
     tools: list[ToolDef] = Field(min_length=1)
     tasks: list[TaskTemplate] = Field(default_factory=list)
+    _worlds: dict[int, dict] = PrivateAttr(default_factory=dict)  # world.world_of's cache
 
     def tool(self, name: str) -> ToolDef:
         for t in self.tools:

@@ -28,7 +28,7 @@ from agentfactory.config import StrictModel
 from agentfactory.records import JSON
 from agentfactory.tools import expr as ex
 from agentfactory.tools.domain import Domain, ToolDef
-from agentfactory.tools.world import generate_world
+from agentfactory.tools.world import world_of
 
 
 class ToolResult(StrictModel):
@@ -107,7 +107,7 @@ class ToolRuntime:
     ):
         self.domain = domain
         self.seed = seed
-        self.state = copy.deepcopy(state) if state is not None else generate_world(domain, seed)
+        self.state = copy.deepcopy(state) if state is not None else world_of(domain, seed)
         self.simulator = simulator
         self.simulate_all = simulate_all  # every tool played by the simulator (a world-model run)
         self.history: list[CallRecord] = []

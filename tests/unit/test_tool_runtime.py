@@ -7,7 +7,7 @@ import pytest
 from agentfactory.tools import load_domain
 from agentfactory.tools.domain import Domain
 from agentfactory.tools.runtime import ToolResult, ToolRuntime, state_hash
-from agentfactory.tools.world import generate_world
+from agentfactory.tools.world import generate_world, world_of
 
 RETAIL = Path(__file__).parents[2] / "tools_repo" / "domains" / "retail_orders.yaml"
 
@@ -28,6 +28,19 @@ def test_worlds_are_deterministic_per_seed_and_valid(retail):
     assert 6 <= len(w["users"]) <= 10 and 12 <= len(w["orders"]) <= 20
     assert all(o["user"] in w["users"] for o in w["orders"].values())
     assert all(i["product"] in w["products"] for o in w["orders"].values() for i in o["items"])
+
+
+def test_cached_worlds_are_fresh_copies(retail, monkeypatch):
+    import agentfactory.tools.world as world
+
+    calls = []
+    real = world.generate_world
+    monkeypatch.setattr(world, "generate_world", lambda d, s: calls.append(s) or real(d, s))
+    retail._worlds.clear()
+    a, b = ToolRuntime(retail, seed=5), ToolRuntime(retail, seed=5)
+    assert a.state == b.state == generate_world(retail, 5) and calls == [5]  # generated once
+    a.state["users"].clear()  # one episode's writes never reach another's world
+    assert world_of(retail, 5) == b.state == generate_world(retail, 5)
 
 
 def test_invalid_arguments_are_tool_errors_and_change_nothing(retail):
