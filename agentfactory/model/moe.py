@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 from agentfactory.model.config import K2Config
 
@@ -120,6 +121,17 @@ def _grouped_mm_backward(ctx, grad_MO):
 
 
 grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
+
+
+# FLOPs of the custom ops, so torch's FlopCounterMode (and MFU tooling on it) sees the experts.
+@register_flop_formula(torch.ops.agentfactory.grouped_mm)
+def _grouped_mm_flop(x_shape, w_shape, offs_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * x_shape[0] * x_shape[1] * w_shape[-1]
+
+
+@register_flop_formula(torch.ops.agentfactory.grouped_mm_wgrad)
+def _grouped_mm_wgrad_flop(x_shape, grad_shape, offs_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * x_shape[0] * x_shape[1] * grad_shape[1]
 
 
 class Experts(nn.Module):

@@ -1,0 +1,155 @@
+"""GPU model FLOPs utilization (MFU) of a full MuonClip training step, and Muon vs AdamW on the GPU.
+
+A K2 layer stack scaled up to fill a GPU (default: Moonlight-16B-A3B's layer shape, 4 layers,
+vocab 32k: hidden 2048, 16 heads, MLA with kv_lora 512, 64 routed experts top-6 + 2 shared) trains
+in autocast-bf16 with the trainer's step: forward with max-logit recording, backward, MuonClip step
+with QK-Clip. MFU = model FLOPs per token (agentfactory/model/flops.py; training = 3x forward,
+attention over the full context) x tokens/s / the GPU's peak dense bf16 FLOPs. Goal: >= 30 %.
+The same step with AdamW in place of MuonClip runs in the same process as the baseline.
+
+On a machine without CUDA it prints a notice and exits 0 (`make bench` skips it); `--device cpu
+--peak-tflops X` runs the same code on the CPU (what the unit test does, at toy size).
+
+    python bench/mfu.py [--layers 4] [--batch 8] [--seq 2048] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results" / "mfu.json"
+# Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 125.0, "4090": 165.2}
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float:
+    if override:
+        return override
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return tflops
+    raise SystemExit(f"unknown peak bf16 FLOPs for {name!r}: pass --peak-tflops")
+
+
+def time_steps(model, step, ids, steps: int, warmup: int, device: torch.device) -> list[float]:
+    out = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        step()
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def optimizer_step(name: str, model) -> Callable[[], object]:
+    """MuonClip as the trainer runs it (QK-Clip from the recorded max logits), or plain AdamW."""
+    from agentfactory.optim import OptimizerConfig, build_optimizer
+
+    if name == "muonclip":
+        pair = build_optimizer(model, OptimizerConfig())
+        return lambda: pair.step(model.pop_max_logits())
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused).step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="moonlight-16b-a3b", help="the layer shape")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=32768)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("mfu: no CUDA device, skipped (the GPU benchmark; --device cpu --peak-tflops X runs it here)")
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from agentfactory.model import K2Config, K2ForCausalLM, count_params
+    from agentfactory.model.flops import train_flops_per_token
+
+    device = torch.device(args.device)
+    dense = min(1, args.layers - 1)
+    special = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}  # inside the smaller vocab
+    config = K2Config.preset(
+        args.preset,
+        num_hidden_layers=args.layers,
+        first_k_dense_replace=dense,
+        vocab_size=args.vocab,
+        **special,
+    )
+    torch.manual_seed(0)
+    with device:
+        model = K2ForCausalLM(config).train()
+        ids = torch.randint(0, args.vocab, (args.batch, args.seq))
+    model.set_track_max_logits(True)
+    runs = {}
+    for name in ("muonclip", "adamw"):  # one optimizer's state in memory at a time
+        runs[name] = time_steps(model, optimizer_step(name, model), ids, args.steps, args.warmup, device)
+    tokens = args.batch * args.seq
+    flops = train_flops_per_token(config, args.seq)
+    peak = peak_tflops(device, args.peak_tflops) * 1e12
+    results = {}
+    for name, ts in runs.items():
+        tps = tokens / statistics.median(ts)
+        results[name] = {"median_s": statistics.median(ts), "tokens_per_s": tps, "mfu": flops * tps / peak}
+    total, active = count_params(config)
+    ratio = results["muonclip"]["median_s"] / results["adamw"]["median_s"]
+
+    table = Table(title=f"{args.preset} x {args.layers} layers, batch {args.batch}x{args.seq}, bf16")
+    for col in ("optimizer", "step (s)", "tokens/s", "MFU"):
+        table.add_column(col)
+    for name, r in results.items():
+        table.add_row(name, f"{r['median_s']:.3f}", f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%")
+    console = Console()
+    console.print(table)
+    mfu = results["muonclip"]["mfu"]
+    console.print(f"MuonClip MFU {100 * mfu:.1f}% (goal >= 30%: {'met' if mfu >= 0.3 else 'NOT met'}); "
+                  f"MuonClip step / AdamW step {ratio:.2f}x")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "config": {k: v for k, v in vars(args).items() if k != "out"},
+                "params": {"total": total, "active": active},
+                "train_flops_per_token": flops,
+                "peak_flops": peak,
+                "results": results,
+                "muonclip_vs_adamw_step": ratio,
+                "goal_mfu": 0.3,
+                "device": torch.cuda.get_device_name(device)
+                if device.type == "cuda"
+                else platform.processor(),
+                "versions": {"torch": torch.__version__},
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
