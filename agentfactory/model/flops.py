@@ -27,7 +27,9 @@ def matmul_params_per_token(c: K2Config) -> int:
     expert = 3 * D * c.moe_intermediate_size
     moe = D * c.n_routed_experts + (c.num_experts_per_tok + c.n_shared_experts) * expert
     dense_layers = c.num_hidden_layers - c.num_moe_layers
-    return c.num_hidden_layers * attention + dense_layers * dense_mlp + c.num_moe_layers * moe + D * c.vocab_size
+    return (
+        c.num_hidden_layers * attention + dense_layers * dense_mlp + c.num_moe_layers * moe + D * c.vocab_size
+    )
 
 
 def attention_flops_per_token(c: K2Config, seq_len: int) -> int:
