@@ -125,7 +125,7 @@ def build_corpus(cfg: CorpusStage, out: Path, console: Console) -> dict:
 _ENTITY = re.compile(r"[\w.+-]+@[\w.-]+\w|\b[A-Z]{1,5}-?\d[\w-]*|\b\d{4}-\d\d-\d\d\b|\b\d{3,}\b")
 
 
-_JSON_KEY = re.compile(r'"(\w+)": ')
+_JSON_KEY = re.compile(r'"([a-z][a-z_]*)": ')  # argument names, not ids used as object keys
 
 
 def recall_documents(texts: list[str], n: int, rng: random.Random) -> list[str]:
