@@ -125,34 +125,20 @@ def build_corpus(cfg: CorpusStage, out: Path, console: Console) -> dict:
 _ENTITY = re.compile(r"[\w.+-]+@[\w.-]+\w|\b[A-Z]{1,5}-?\d[\w-]*|\b\d{4}-\d\d-\d\d\b|\b\d{3,}\b")
 
 
-_JSON_KEY = re.compile(r'"([a-z][a-z_]*)": ')  # argument names, not ids used as object keys
-
-
 def recall_documents(texts: list[str], n: int, rng: random.Random) -> list[str]:
-    """Documents that make in-context recall the way to predict their second half, in two kinds
-    (alternating): a list of the corpus's ids, emails and dates, then the same list again; and
-    key-value notes ("email is A, order_id is B") recalled as a JSON object in another order.
+    """Documents that list some of the corpus's ids, emails and dates and then repeat the list.
 
     Using a tool means copying strings from the context (an email the user gave, an id a tool
-    returned). A small model learns to continue a string it has started copying (induction) from
-    the lists; the notes add what a tool call needs first — fetching the value by its key, in
-    another format (measured: after 500 pretraining steps the SFT model copied every email's
-    tail but began it with a memorized name). Keys are the JSON keys of the corpus's tool calls.
+    returned) and a small model learns that in-context copying (induction heads) late from
+    ordinary text; a share of repeated random lists makes copying the way to predict half of
+    every such document, so the skill forms within the quickstart's few hundred pretraining steps.
     """
     pool = sorted({m for t in texts for m in _ENTITY.findall(t)})
-    keys = sorted({k for t in texts for k in _JSON_KEY.findall(t)})
     docs = []
-    for i in range(n if pool else 0):
-        if i % 2 and len(keys) >= 2:
-            chosen = rng.sample(keys, rng.randint(2, min(len(keys), 6)))
-            values = dict(zip(chosen, rng.sample(pool, len(chosen)), strict=True))
-            asked = {k: values[k] for k in rng.sample(chosen, len(chosen))}
-            docs.append(
-                f"Note: {', '.join(f'{k} is {v}' for k, v in values.items())}.\nAgain: {json.dumps(asked)}"
-            )
-        else:
-            listed = ", ".join(rng.sample(pool, min(len(pool), rng.randint(6, 16))))
-            docs.append(f"Note: {listed}.\nAgain: {listed}.")
+    for _ in range(n if pool else 0):
+        items = rng.sample(pool, min(len(pool), rng.randint(6, 16)))
+        listed = ", ".join(items)
+        docs.append(f"Note: {listed}.\nAgain: {listed}.")
     return docs
 
 

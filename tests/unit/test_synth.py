@@ -361,15 +361,7 @@ def test_pretraining_corpus_is_plain_text_with_recall_documents():
     assert any("The agent ran " in t for t in texts) and any("Customer: " in t for t in texts)
     docs = recall_documents(texts, 20, random.Random(0))
     assert len(docs) == 20 and docs == recall_documents(texts, 20, random.Random(0))
-    corpus = "\n".join(texts)
-    lists, notes = docs[0::2], docs[1::2]
-    for d in lists:  # a list of the corpus's ids/emails/dates, repeated
+    for d in docs:
         first, again = d.split("\nAgain: ")
         assert first == "Note: " + again
-        assert all(item in corpus for item in again.rstrip(".").split(", "))
-    for d in notes:  # key-value notes recalled as JSON: every value fetched by its key
-        first, again = d.split("\nAgain: ")
-        asked = json.loads(again)
-        told = first.removeprefix("Note: ").rstrip(".").split(", ")
-        assert sorted(told) == sorted(f"{k} is {v}" for k, v in asked.items())
-        assert all(f'"{k}": ' in corpus and v in corpus for k, v in asked.items())
+        assert all(item in "\n".join(texts) for item in again.rstrip(".").split(", "))
