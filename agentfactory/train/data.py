@@ -9,8 +9,8 @@ Bad input: a row whose messages or tools do not validate raises `DataError` nami
 row id; a row with no assistant turn is skipped and counted, as is a row whose assistant tokens all
 fall beyond `seq_len` after truncation.
 
-Copy curriculum (`CopyData`): generated rows of random tokens, "\nAgain:", the same tokens again;
-only the repeat is a target.
+Copy curriculum (`CopyData`): generated rows of random filler, "Note:", a list of random tokens,
+"\nAgain:", the same list again; only the repeat is a target.
 
 Order: the sample at global position k (0, 1, 2, ... over all steps) is row perm_e[k mod N] with
 e = k // N and perm_e a permutation seeded by (seed, e). The data position is just k, so a resumed
