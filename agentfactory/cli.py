@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from importlib.metadata import version as pkg_version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 import yaml
@@ -447,6 +447,10 @@ def tokenizer_train(
     output: Annotated[Path, typer.Option("--out", "-o", help="tokenizer directory to write")],
     vocab_size: Annotated[int, typer.Option(help="vocabulary size, special tokens included")] = 8192,
     min_frequency: Annotated[int, typer.Option(help="minimum pair frequency for a merge")] = 2,
+    spaces: Annotated[
+        Literal["trailing", "leading"],
+        typer.Option(help="trailing: a space ends a word, so values copy token for token"),
+    ] = "trailing",
 ) -> None:
     """Train a byte-level BPE (digits split) with the K2 special tokens and chat template."""
     from agentfactory.model import iter_corpus, train_tokenizer
@@ -456,7 +460,9 @@ def tokenizer_train(
         err.print(f"no such corpus file: {', '.join(missing)}", markup=False)
         raise typer.Exit(1)
     try:
-        tok = train_tokenizer(iter_corpus(corpus), vocab_size, output, min_frequency=min_frequency)
+        tok = train_tokenizer(
+            iter_corpus(corpus), vocab_size, output, min_frequency=min_frequency, spaces=spaces
+        )
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError) as e:
         err.print(
             f"cannot read the corpus: {e} (expected .txt, .jsonl, .parquet or a saved dataset dir)",

@@ -13,7 +13,7 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from rich.console import Console
@@ -24,6 +24,9 @@ from agentfactory.eval import EvalConfig
 
 class TokenizerStage(StrictModel):
     vocab_size: int = Field(4096, ge=300)
+    spaces: Literal["trailing", "leading"] = Field(
+        "trailing", description="which word a space belongs to (trailing: values copy token for token)"
+    )
 
 
 class CorpusStage(StrictModel):
@@ -145,7 +148,7 @@ def recall_documents(texts: list[str], n: int, rng: random.Random) -> list[str]:
 def train_tokenizer_stage(cfg: TokenizerStage, corpora: list[Path], out: Path, console: Console) -> dict:
     from agentfactory.model import iter_corpus, train_tokenizer
 
-    tok = train_tokenizer(iter_corpus(corpora), cfg.vocab_size, out)
+    tok = train_tokenizer(iter_corpus(corpora), cfg.vocab_size, out, spaces=cfg.spaces)
     console.print(f"tokenizer: {len(tok)} tokens")
     return {"vocab_size": len(tok), "path": str(out)}
 

@@ -151,3 +151,43 @@ def test_digit_runs_merge_only_when_asked():
     assert (
         merged.decode(merged.encode("order 1234 shipped", add_special_tokens=False)) == "order 1234 shipped"
     )
+
+
+def _contains(seq: list[int], part: list[int]) -> bool:
+    return any(seq[i : i + len(part)] == part for i in range(len(seq) - len(part) + 1))
+
+
+def test_trailing_spaces_make_values_copy_token_for_token():
+    """A value typed after a space must tokenize as it does inside a JSON argument, else a tool call
+    cannot copy it token for token; GPT-2's leading spaces break exactly that."""
+    rng = random.Random(1)
+    names = ["osborne", "abigail", "rodriguez", "lee", "kristy", "hayes", "order", "lock"]
+    values = [f"{rng.choice(names)}{rng.choice(names)}@example.com" for _ in range(200)]
+    values += [f"LK-{rng.randint(1000, 9999)}" for _ in range(200)]
+    texts = [f"Sure, my email is {v} and {v}." for v in values[:100]]
+    texts += [json.dumps({"email": v, "lock": v}) for v in values[100:]]
+    trailing, leading = train_tokenizer(texts, 600), train_tokenizer(texts, 600, spaces="leading")
+
+    def copyable(tok, values: list[str]) -> float:
+        hits = 0
+        for v in values:
+            said = tok.encode(f"Hi, my email is {v}, please", add_special_tokens=False)
+            call = tok.encode(json.dumps({"email": v}), add_special_tokens=False)
+            wrapped = tok.encode('{"email": "', add_special_tokens=False)
+            inner = call[len(wrapped) : -1]  # between the opening quote and the closing '"}'
+            assert tok.decode(inner) == v
+            hits += _contains(said, inner)
+        return hits / len(values)
+
+    assert copyable(trailing, values) == 1.0
+    assert copyable(leading, values[:200]) < 0.1  # " osborne" said, "osborne" in the call
+    # the limit: a value followed by a space ends in a different token ("com " vs "com")
+    said = trailing.encode("is kristy@example.com please", add_special_tokens=False)
+    assert "comĠ" in trailing.convert_ids_to_tokens(said)
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab é9 \n\t.,-\"'東")), max_size=40))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_trailing_space_pieces_are_lossless(trained, text):
+    tok, _, _ = trained
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
