@@ -145,12 +145,24 @@ def recall_documents(texts: list[str], n: int, rng: random.Random) -> list[str]:
     return docs
 
 
-def train_tokenizer_stage(cfg: TokenizerStage, corpora: list[Path], out: Path, console: Console) -> dict:
+def train_tokenizer_stage(
+    cfg: TokenizerStage, corpora: list[Path], dataset: Path, out: Path, console: Console
+) -> dict:
+    """Train the tokenizer; on a chat dataset, also measure how many tool-call argument values it
+    spells in the call as in the context they were copied from."""
+    from agentfactory.eval.copying import copyable_arguments
     from agentfactory.model import iter_corpus, train_tokenizer
 
     tok = train_tokenizer(iter_corpus(corpora), cfg.vocab_size, out, spaces=cfg.spaces)
-    console.print(f"tokenizer: {len(tok)} tokens")
-    return {"vocab_size": len(tok), "path": str(out)}
+    summary: dict[str, Any] = {"vocab_size": len(tok), "path": str(out)}
+    line = f"tokenizer: {len(tok)} tokens"
+    if dataset.exists():
+        import datasets
+
+        summary["copyable_arguments"] = copyable_arguments(tok, datasets.load_from_disk(str(dataset)))
+        line += f", {100 * summary['copyable_arguments']['copyable']:.0f}% of argument values copyable"
+    console.print(line)
+    return summary
 
 
 def _train(
@@ -256,7 +268,7 @@ def run_model_stages(config: Any, console: Console, results: dict) -> None:
         stage("corpus", lambda d: build_corpus(config.corpus, d, console))
     corpora = [p for p in (run / "corpus" / "corpus.jsonl", dataset) if p.exists()]
     if config.tokenizer is not None:
-        stage("tokenizer", lambda d: train_tokenizer_stage(config.tokenizer, corpora, d, console))
+        stage("tokenizer", lambda d: train_tokenizer_stage(config.tokenizer, corpora, dataset, d, console))
     tokenizer = run / "tokenizer"
     corpus = run / "corpus" / "corpus.jsonl"
     models: dict[str, Path] = {}

@@ -11,12 +11,11 @@ Choices, and why:
   (see shared/notes/cpu-learning.md).
 - Spaces end a word instead of starting the next (`"is "`, `"os"`, where GPT-2-style BPE has `"is"`,
   `" os"`): a value the user typed after a space then tokenizes exactly as it does after the `"` of a
-  JSON tool argument, so a tool call copies it token for token. With leading spaces only 57 % of the
-  quickstart's argument values appeared token-identical in their context (the first token differed,
-  often the split too: `' o','s','bor'` vs `'os','bor'`) — and a 10M-parameter model learned to copy
-  none of the others; trailing spaces make 99 % copyable at the same token count (the rest: values
-  followed by a space, whose last token then differs, `"com "` vs `"com"`); `spaces="leading"` keeps
-  the GPT-2 convention.
+  JSON tool argument, so copying it into a tool call is token-for-token copying. With leading spaces
+  only 55 % of the quickstart's argument values appeared token-identical in their context (the first
+  token differed, often the split too: `' o','s','bor'` vs `'os','bor'`); with trailing spaces 99 %
+  (the rest: values followed by a space, whose last token differs, `"com "` vs `"com"`), at the same
+  token count. `spaces="leading"` keeps the GPT-2 convention.
 - Special tokens take ids 0..15 in `chat.SPECIAL_TOKENS` order, the same for every vocab size; the
   eos token is `<|im_end|>` (where an assistant turn, and so generation, stops) and `[EOS]` stays
   available as a document separator for pretraining. No BOS/EOS is added on encode (Kimi K2 adds none).

@@ -123,6 +123,12 @@ def build_report(run_dir: str | Path, tau: float | None = None, title: str | Non
         if copy_rows
         else ""
     )
+    if spelled := (summary.get("tokenizer") or {}).get("copyable_arguments"):
+        copying += (
+            f"<p>Tokenizer: {100 * spelled['copyable']:.0f}% of {spelled['arguments']} tool-call argument values "
+            "(of the dataset, found earlier in their conversation) are tokenized in the call exactly as where "
+            "they were said, so copying them is token for token.</p>"
+        )
     examples = run / "synth" / "examples.html"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title or run.name)} — agentfactory report</title>

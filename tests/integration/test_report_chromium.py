@@ -71,6 +71,8 @@ def test_quickstart_smoke_and_report(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     for stage in ("curriculum", "pretrain"):
         assert set(summary[stage]["copy_accuracy"]) == {"random_lists", "corpus_ids"}
+    spelled = summary["tokenizer"]["copyable_arguments"]  # trailing-space tokenizer: values copy as said
+    assert spelled["arguments"] > 10 and spelled["copyable"] > 0.9
     assert len((run / "rl" / "metrics.jsonl").read_text().splitlines()) == 2
     for model in ("base", "sft", "rl"):
         assert json.loads((run / "eval" / f"{model}.json").read_text())["tasks"] > 0
@@ -82,7 +84,7 @@ def test_quickstart_smoke_and_report(tmp_path):
     assert m, dom[:500]
     loaded, total = map(int, m.groups())
     assert total == len(FIGURES) and loaded == total
-    assert "Example trajectories" in dom and "In-context copying" in dom
+    assert "Example trajectories" in dom and "In-context copying" in dom and "tokenized in the call" in dom
 
     again = smoke(tmp_path)  # every stage finished: the rerun skips them
     assert again.returncode == 0

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agentfactory.eval.copying import copyable_arguments
 from agentfactory.model.chat import IM_END, SPECIAL_TOKENS, THINK_BEGIN, THINK_END, render
 from agentfactory.model.tokenizer import load_tokenizer, train_tokenizer
 
@@ -153,10 +154,6 @@ def test_digit_runs_merge_only_when_asked():
     )
 
 
-def _contains(seq: list[int], part: list[int]) -> bool:
-    return any(seq[i : i + len(part)] == part for i in range(len(seq) - len(part) + 1))
-
-
 def test_trailing_spaces_make_values_copy_token_for_token():
     """A value typed after a space must tokenize as it does inside a JSON argument, else a tool call
     cannot copy it token for token; GPT-2's leading spaces break exactly that."""
@@ -168,19 +165,20 @@ def test_trailing_spaces_make_values_copy_token_for_token():
     texts += [json.dumps({"email": v, "lock": v}) for v in values[100:]]
     trailing, leading = train_tokenizer(texts, 600), train_tokenizer(texts, 600, spaces="leading")
 
-    def copyable(tok, values: list[str]) -> float:
-        hits = 0
-        for v in values:
-            said = tok.encode(f"Hi, my email is {v}, please", add_special_tokens=False)
-            call = tok.encode(json.dumps({"email": v}), add_special_tokens=False)
-            wrapped = tok.encode('{"email": "', add_special_tokens=False)
-            inner = call[len(wrapped) : -1]  # between the opening quote and the closing '"}'
-            assert tok.decode(inner) == v
-            hits += _contains(said, inner)
-        return hits / len(values)
+    def records(values: list[str]) -> list[dict]:
+        return [
+            {
+                "messages": [
+                    {"role": "user", "content": f"Hi, my email is {v}, please"},
+                    {"role": "assistant", "tool_calls": [{"name": "find", "arguments": {"email": v}}]},
+                ]
+            }
+            for v in values
+        ]
 
-    assert copyable(trailing, values) == 1.0
-    assert copyable(leading, values[:200]) < 0.1  # " osborne" said, "osborne" in the call
+    assert copyable_arguments(trailing, records(values), limit=400) == {"arguments": 400, "copyable": 1.0}
+    # " osborne" said, "osborne" in the call
+    assert copyable_arguments(leading, records(values[:200]))["copyable"] < 0.1
     # the limit: a value followed by a space ends in a different token ("com " vs "com")
     said = trailing.encode("is kristy@example.com please", add_special_tokens=False)
     assert "comĠ" in trailing.convert_ids_to_tokens(said)
