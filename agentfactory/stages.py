@@ -214,15 +214,19 @@ def copy_scores(model_dir: Path, tokenizer_dir: Path, copy: dict[str, Any], corp
 
 def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console: Console) -> dict:
     """Held-out success of each checkpoint on one vLLM engine: the first is loaded at start, the others
-    are swapped in place (`update_weights`, ~1 s) instead of paying an engine start (~35 s) each."""
-    from agentfactory.eval import evaluate_engine
+    are swapped in place (`update_weights`, ~1 s) instead of paying an engine start (~35 s) each.
+    Each summary also gets the checkpoint's teacher-forced copying of tool-call argument values on
+    the oracle's episodes of the same tasks (`argument_copying`)."""
+    from agentfactory.eval import evaluate, evaluate_engine
     from agentfactory.llm.vllm_engine import VLLMEngine
+    from agentfactory.synth.agents import OracleAgent
 
     results = {}
     config = EvalConfig.model_validate(cfg.model_dump(exclude={"models", "engine"}))
     names = [n for n in cfg.models if n in models]
     if not names:
         return results
+    evaluate(OracleAgent(), config, episodes=out / "oracle.jsonl")  # the same tasks, solved
     engine = VLLMEngine(str(models[names[0]]), **cfg.engine)
     try:
         for version, name in enumerate(names):
@@ -230,13 +234,29 @@ def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console:
                 engine.update_weights(models[name], version)
             t0 = time.perf_counter()
             summary = evaluate_engine(engine, config, out, label=name)
+            summary["argument_copying"] = argument_copying(models[name], out / "oracle.jsonl")
+            (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
+            copied = summary["argument_copying"]
             console.print(
-                f"eval {name}: {summary['success']}/{summary['tasks']} held-out tasks ({time.perf_counter() - t0:.0f}s)"
+                f"eval {name}: {summary['success']}/{summary['tasks']} held-out tasks, argument values "
+                f"copied {100 * copied['token_accuracy']:.0f}% of tokens, first token "
+                f"{100 * copied['first_token']:.0f}% ({time.perf_counter() - t0:.0f}s)"
             )
             results[name] = summary["success_rate"]
     finally:
         engine.close()
     return results
+
+
+def argument_copying(model_dir: Path, episodes: Path, rows: int = 48) -> dict:
+    """Teacher-forced copying of argument values in saved episodes (`eval.copying.argument_rows`)."""
+    from agentfactory.eval.copying import argument_rows, copy_accuracy
+    from agentfactory.model import K2ForCausalLM, load_tokenizer
+    from agentfactory.records import Trajectory
+
+    records = (Trajectory.model_validate_json(line).to_openai() for line in episodes.open())
+    data = argument_rows(records, load_tokenizer(model_dir), limit=rows)
+    return copy_accuracy(K2ForCausalLM.from_pretrained(model_dir), data, limit=rows)
 
 
 def _copy_line(scores: dict) -> str:

@@ -43,6 +43,13 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _copied(scores: dict | None) -> str:
+    if not scores:
+        return "<td></td><td></td><td></td>"
+    keys = ("token_accuracy", "first_token", "exact")
+    return "".join(f"<td>{100 * scores[k]:.0f}%</td>" for k in keys)
+
+
 def _targets(evals: dict[str, dict]) -> list[str]:
     lines = []
     for model, base, points in TARGETS:
@@ -107,7 +114,8 @@ def build_report(run_dir: str | Path, tau: float | None = None, title: str | Non
                 f'<h2>{html.escape(name)}</h2><img src="{rel}" alt="{html.escape(name)}" style="max-width:100%">'
             )
     eval_rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v['success']}/{v['tasks']}</td><td>{100 * v['success_rate']:.1f}%</td></tr>"
+        f"<tr><td>{html.escape(k)}</td><td>{v['success']}/{v['tasks']}</td><td>{100 * v['success_rate']:.1f}%</td>"
+        f"{_copied(v.get('argument_copying'))}</tr>"
         for k, v in evals.items()
         if v
     )
@@ -141,7 +149,10 @@ window.addEventListener("load", () => {{ const im = [...document.images];
 <h1>{html.escape(title or run.name)}</h1>
 <h2>Targets (held-out tool-use success)</h2>
 <ul>{"".join(_targets(evals))}</ul>
-<table><tr><th>model</th><th>success</th><th>rate</th></tr>{eval_rows}</table>
+<table><tr><th>model</th><th>success</th><th>rate</th><th>argument values copied: tokens</th>
+<th>first token</th><th>whole values</th></tr>{eval_rows}</table>
+<p>Copying is teacher-forced on the oracle's episodes of the same tasks: each string argument value
+said earlier in the conversation, predicted token by token after the call's opening quote.</p>
 {copying}
 {"".join(sections)}
 <h2>Example trajectories</h2>

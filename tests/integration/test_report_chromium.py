@@ -75,7 +75,9 @@ def test_quickstart_smoke_and_report(tmp_path):
     assert spelled["arguments"] > 10 and spelled["copyable"] > 0.9
     assert len((run / "rl" / "metrics.jsonl").read_text().splitlines()) == 2
     for model in ("base", "sft", "rl"):
-        assert json.loads((run / "eval" / f"{model}.json").read_text())["tasks"] > 0
+        scores = json.loads((run / "eval" / f"{model}.json").read_text())
+        assert scores["tasks"] > 0
+        assert scores["argument_copying"]["rows"] > 0  # values the oracle's episodes copy
     for name in FIGURES:
         assert (run / "report_files" / f"{name}.png").exists(), name
 

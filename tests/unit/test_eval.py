@@ -1,5 +1,7 @@
 """Held-out evaluation: the oracle scores 100%, a useless policy ~0%, worlds never overlap training."""
 
+import json
+
 from agentfactory.eval import EvalConfig, evaluate, evaluate_oracle, heldout_tasks
 from agentfactory.synth.agents import PolicyAgent
 from agentfactory.synth.config import SynthConfig
@@ -64,8 +66,19 @@ def test_copy_accuracy_counts_repeat_tokens_and_exact_rows():
     ids = [torch.tensor([5, 6, 7, 9, 6, 7]), torch.tensor([8, 9, 3, 9, 3])]
     labels = [torch.tensor([IGNORE] * 4 + [6, 7]), torch.tensor([IGNORE] * 3 + [9, 3])]
     rows = TokenDataset(ids, labels, pad_id=0)
-    assert copy_accuracy(Lookahead(wrong=-1), rows) == {"token_accuracy": 1.0, "exact": 1.0, "rows": 2}
-    assert copy_accuracy(Lookahead(wrong=7), rows) == {"token_accuracy": 0.75, "exact": 0.5, "rows": 2}
+    assert copy_accuracy(Lookahead(wrong=-1), rows) == {
+        "token_accuracy": 1.0,
+        "first_token": 1.0,
+        "exact": 1.0,
+        "rows": 2,
+    }
+    assert copy_accuracy(Lookahead(wrong=7), rows) == {
+        "token_accuracy": 0.75,
+        "first_token": 1.0,  # row 1 misses its second token
+        "exact": 0.5,
+        "rows": 2,
+    }
+    assert copy_accuracy(Lookahead(wrong=6), rows)["first_token"] == 0.5
     assert copy_accuracy(Lookahead(wrong=7), rows, limit=1)["token_accuracy"] == 0.5
 
     class CharTok:
@@ -76,3 +89,34 @@ def test_copy_accuracy_counts_repeat_tokens_and_exact_rows():
 
     (row,) = recall_rows(["Note: A1, b.\nAgain: A1, b."], CharTok()).labels
     assert "".join(chr(t) for t in row[row != IGNORE].tolist()) == " A1, b."
+
+
+def test_argument_rows_label_values_said_earlier_inside_the_call():
+    from agentfactory.eval.copying import argument_rows
+    from agentfactory.train.data import IGNORE
+
+    class CharTok:
+        pad_token_id = 0
+
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+    def call(**arguments):  # OpenAI format, as datasets and `Trajectory.to_openai()` give it
+        fn = {"name": "find", "arguments": json.dumps(arguments)}
+        return {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": fn}]}
+
+    record = {
+        "messages": [
+            {"role": "user", "content": 'My email is ann@x.io, order W1 "urgent".'},
+            call(email="ann@x.io", note="never said", count="2"),
+            {"role": "tool", "tool_call_id": "c", "content": '{"id": "U7"}'},
+            call(user_id="U7", order='W1 "urgent"'),
+        ]
+    }
+    rows = argument_rows([record], CharTok())
+    values = ["".join(chr(t) for t in row[row != IGNORE].tolist()) for row in rows.labels]
+    assert values == ["ann@x.io", "U7", 'W1 \\"urgent\\"']  # as the call spells it (JSON-escaped)
+    for ids, labels in zip(rows.ids, rows.labels, strict=True):
+        context = "".join(chr(t) for t in ids[labels == IGNORE].tolist())
+        assert context.endswith('": "') and "<|tool_call_argument_begin|>" in context
+    assert len(argument_rows([record], CharTok(), limit=2).ids) == 2

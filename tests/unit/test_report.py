@@ -50,6 +50,7 @@ def fake_run(root: Path, rl_gain: float = 0.02) -> Path:
                     "success": round(100 * rate),
                     "success_rate": rate,
                     "by_domain": {"retail_orders": {"tasks": 100, "success": 1, "rate": rate}},
+                    "argument_copying": {"token_accuracy": rate, "first_token": 0.25, "exact": 0.125},
                 }
             )
         )
@@ -70,6 +71,7 @@ def test_every_figure_and_a_plain_verdict(tmp_path):
     assert "id='example'" in page
     assert page.index(">base<") < page.index(">sft<") < page.index(">rl<")
     assert "<td>after pretrain</td><td>random lists</td><td>93%</td><td>61%</td>" in page
+    assert "<td>25%</td><td>12%</td></tr>" in page  # argument copying, first token and whole values
 
 
 def test_partial_run_says_what_is_missing(tmp_path):
