@@ -70,7 +70,7 @@ class EngineWatchdog:
             if not ended or self._stop.is_set():
                 continue
             proc = by_sentinel[ended[0]]
-            proc.join(1)
+            proc.join(5)  # it has exited (its sentinel fired): this only waits for the reap
             self.reason = (
                 f"the vLLM engine core process {proc.name} (pid {proc.pid}) {_exit_text(proc.exitcode)}"
             )

@@ -36,6 +36,7 @@ import yaml
 
 from agentfactory.llm.base import GenerationRequest, SamplingParams
 from agentfactory.llm.vllm_health import EngineDeadError
+from tests.integration.conftest import TOOL_ANSWER, TOOL_PROMPT, WEATHER_TOOL
 from tests.integration.test_rl_loop import _config, _trainer_logprobs
 
 pytest.importorskip("vllm")
@@ -121,7 +122,19 @@ def test_rl_loop_restarts_a_dead_engine_and_pushes_its_weights_back(
             with pytest.raises(EngineDeadError):
                 engine.update_weights(loop.model.state_dict(), loop.version)
 
-    cfg = _config(k2_checkpoint, tmp_path / "rl", iterations=4, threads=1)
+    # a PTX term moves the trainer every iteration even when every group's rewards tie (a random
+    # tiny policy rarely solves a prompt), so the restarted engine's weights are told apart
+    ptx = tmp_path / "ptx.jsonl"
+    ptx.write_text(json.dumps({"messages": [*TOOL_PROMPT, TOOL_ANSWER], "tools": [WEATHER_TOOL]}) + "\n")
+    cfg = _config(
+        k2_checkpoint,
+        tmp_path / "rl",
+        iterations=4,
+        threads=1,
+        loss={"tau": 0.05, "ptx_weight": 0.5},
+        ptx={"paths": [str(ptx)], "seq_len": 256},
+        ptx_batch_size=1,
+    )
     result = rl_run(cfg, engine=engine, on_iteration=on_iteration)
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     k = seen["killed_at"]
