@@ -254,7 +254,7 @@ def argument_copying(model_dir: Path, episodes: Path, rows: int = 48) -> dict:
     from agentfactory.model import K2ForCausalLM, load_tokenizer
     from agentfactory.records import Trajectory
 
-    records = (Trajectory.model_validate_json(line).to_openai() for line in episodes.open())
+    records = (Trajectory.model_validate_json(line).to_openai() for line in episodes.read_text().splitlines())
     data = argument_rows(records, load_tokenizer(model_dir), limit=rows)
     return copy_accuracy(K2ForCausalLM.from_pretrained(model_dir), data, limit=rows)
 

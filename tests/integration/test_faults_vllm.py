@@ -117,7 +117,8 @@ def test_rl_loop_restarts_a_dead_engine_and_pushes_its_weights_back(
             with pytest.raises(EngineDeadError) as err:
                 generate(_greedy())  # state-dict weights: a clear error, no hang, no self-restart
             seen["error_s"], seen["error"] = time.perf_counter() - t0, str(err.value)
-            assert f"(pid {pid}) was killed by SIGKILL" in seen["error"]
+            # the exit status is not always known (when the core was reaped elsewhere first)
+            assert re.search(rf"\(pid {pid}\) (was killed by SIGKILL|exited)", seen["error"])
             assert "push the weights to serve again" in seen["error"]
             with pytest.raises(EngineDeadError):
                 engine.update_weights(loop.model.state_dict(), loop.version)
@@ -135,22 +136,27 @@ def test_rl_loop_restarts_a_dead_engine_and_pushes_its_weights_back(
         ptx={"paths": [str(ptx)], "seq_len": 256},
         ptx_batch_size=1,
     )
-    result = rl_run(cfg, engine=engine, on_iteration=on_iteration)
-    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
-    k = seen["killed_at"]
-    print(f"dead-engine error after {seen['error_s']:.2f} s: {seen['error']}")
-    print(
-        f"killed after iteration {k}; after the restart: engine vs trainer logprobs {seen['diff']:.2e}, "
-        f"trainer vs the checkpoint's {seen['moved']:.2e}"
-    )
-    assert seen["error_s"] < 10 and k < 4
-    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
-    assert [r["engine/restarts"] for r in rows] == [restarts] * k + [restarts + 1] * (4 - k) and engine.alive
-    # the restarted engine served the trainer's weights (pushed back), not the checkpoint it reloaded
-    assert seen["diff"] < 1e-3 and seen["moved"] > 10 * max(seen["diff"], 1e-3)
-    assert rows[k]["mismatch/abs_mean"] < 2e-3 and rows[k]["staleness/max"] <= 1
-    monkeypatch.undo()
-    engine.update_weights(k2_checkpoint, engine.policy_version + 1)
+    try:
+        result = rl_run(cfg, engine=engine, on_iteration=on_iteration)
+        rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+        k = seen["killed_at"]
+        print(f"dead-engine error after {seen['error_s']:.2f} s: {seen['error']}")
+        print(
+            f"killed after iteration {k}; after the restart: engine vs trainer logprobs {seen['diff']:.2e}, "
+            f"trainer vs the checkpoint's {seen['moved']:.2e}"
+        )
+        assert seen["error_s"] < 10 and k < 4
+        assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+        served_by = [r["engine/restarts"] for r in rows]
+        assert served_by == [restarts] * k + [restarts + 1] * (4 - k) and engine.alive
+        # the restarted engine served the trainer's weights (pushed back), not the checkpoint it reloaded
+        assert seen["diff"] < 1e-3 and seen["moved"] > 10 * max(seen["diff"], 1e-3)
+        assert rows[k]["mismatch/abs_mean"] < 2e-3 and rows[k]["staleness/max"] <= 1
+    finally:  # leave the session engine serving the checkpoint, even after a failure here
+        monkeypatch.undo()
+        if not engine.alive:
+            engine.restart()
+        engine.update_weights(k2_checkpoint, engine.policy_version + 1)
 
 
 def _session(pid: int) -> list[int]:
