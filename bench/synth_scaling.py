@@ -1,6 +1,7 @@
 """Synthesis throughput: accepted trajectories/s with 1 vs 2 Ray episode workers, in one run.
 
-Same tasks (oracle agent, scripted user, declarative runtime, rubric judge), same batch size;
+Same tasks (oracle agent, scripted user, declarative runtime, rubric judge), same batch size, sent
+as the pipeline sends them (task ids against a table each actor holds; records come back as JSON);
 Ray is started once and each configuration is timed over several repeats (median), excluding
 actor start-up, so the ratio measures the pool's scaling. Goal: ≥ 1.7× with 2 workers on 2 cores.
 Writes bench/results/synth_scaling.json.
@@ -36,13 +37,13 @@ def throughput(actors: list, batches: list, inflight: int) -> float:
     for i, actor in enumerate(actors):
         for _ in range(inflight):
             if queue:
-                pending[actor.run.remote(queue.popleft())] = i
+                pending[actor.run_ids.remote(queue.popleft())] = i
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(ref)
-        accepted += sum(r.judge.accepted for r in ray.get(ref))
+        accepted += sum(f.accepted for f in ray.get(ref))
         if queue:
-            pending[actors[i].run.remote(queue.popleft())] = i
+            pending[actors[i].run_ids.remote(queue.popleft())] = i
     return accepted / (time.perf_counter() - t0)
 
 
@@ -51,12 +52,14 @@ def main() -> None:
     cfg = SynthConfig(worlds=16, batch_size=16)
     paths = domain_paths(cfg)
     tasks = make_tasks(cfg, paths)
-    batches = [[(t, 0) for t in tasks[i : i + cfg.batch_size]] for i in range(0, len(tasks), cfg.batch_size)]
+    ids = [t.id for t in tasks]
+    batches = [[(t, 0) for t in ids[i : i + cfg.batch_size]] for i in range(0, len(ids), cfg.batch_size)]
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    table_ref = ray.put(tasks)
     worker = ray.remote(num_cpus=1)(EpisodeWorker)
     results = {}
     for n in (1, 2):
-        actors = [worker.remote(cfg, paths) for _ in range(n)]
+        actors = [worker.remote(cfg, paths, table_ref) for _ in range(n)]
         throughput(actors, batches[: 2 * n], cfg.inflight_per_worker)  # warm-up: imports, domains
         runs = [throughput(actors, batches, cfg.inflight_per_worker) for _ in range(REPEATS)]
         results[n] = {"accepted_per_s": statistics.median(runs), "runs": runs}

@@ -25,10 +25,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agentfactory.config import writable_dir
-from agentfactory.records import Task, Trajectory
+from agentfactory.records import Task
 from agentfactory.synth.config import SynthConfig
 from agentfactory.synth.store import ShardStore
-from agentfactory.synth.worker import EpisodeWorker
+from agentfactory.synth.worker import EpisodeWorker, Finished
 from agentfactory.tools import domain_files, load_domain
 from agentfactory.tools.runtime import state_hash
 from agentfactory.tools.tasks import instantiate
@@ -122,25 +122,27 @@ def init_ray(address: str | None, cpus_needed: float = 1) -> bool:
 class _Pool:
     """Episode workers as Ray actors (or in-process objects when `use_ray` is False)."""
 
-    def __init__(self, config: SynthConfig, paths: dict[str, str], use_ray: bool):
+    def __init__(self, config: SynthConfig, paths: dict[str, str], tasks: list[Task], use_ray: bool):
         self.config, self.paths, self.use_ray = config, paths, use_ray
         self._started_ray = False
+        self.tasks: Any = tasks
         if use_ray:
             import ray
 
             self._started_ray = init_ray(config.ray_address, config.workers)
             self._actor_cls = ray.remote(num_cpus=1, max_restarts=0)(EpisodeWorker)
+            self.tasks = ray.put(tasks)  # serialized once, for every actor and replacement
         self.actors = [self._new() for _ in range(config.workers)]
 
     def _new(self) -> Any:
         return (
-            self._actor_cls.remote(self.config, self.paths)
+            self._actor_cls.remote(self.config, self.paths, self.tasks)
             if self.use_ray
-            else EpisodeWorker(self.config, self.paths)
+            else EpisodeWorker(self.config, self.paths, self.tasks)
         )
 
-    def submit(self, i: int, batch: list[tuple[Task, int]]) -> Any:
-        return self.actors[i].run.remote(batch) if self.use_ray else self.actors[i].run(batch)
+    def submit(self, i: int, batch: list[tuple[str, int]]) -> Any:
+        return self.actors[i].run_ids.remote(batch) if self.use_ray else self.actors[i].run_ids(batch)
 
     def replace(self, i: int) -> None:
         """After actor i died: on a cluster retire its slot (its node may be gone; the survivors take
@@ -179,18 +181,17 @@ def run_synth(
     store = ShardStore(out_dir, config.fingerprint(), config.shard_size)
     store.write_manifest({"status": "running"})
     tasks = make_tasks(config, paths, store.dir / "llm_tasks.jsonl")
-    by_id = {t.id: t for t in tasks}
     accepted, rejected = store.progress()
     queue = deque(
-        (t, rejected[t.id]) for t in tasks if t.id not in accepted and rejected[t.id] < config.attempts
+        (t.id, rejected[t.id]) for t in tasks if t.id not in accepted and rejected[t.id] < config.attempts
     )
     resumed = len(tasks) - len(queue)
     if resumed:
         console.print(f"resuming: {resumed} of {len(tasks)} tasks already finished in {store.dir}")
     counts = Counter(accepted=len(accepted), episodes=sum(rejected.values()) + len(accepted))
-    pool = _Pool(config, paths, use_ray)
+    pool = _Pool(config, paths, tasks, use_ray)
     capacity = config.inflight_per_worker
-    inflight: dict[Any, tuple[int, list[tuple[Task, int]]]] = {}
+    inflight: dict[Any, tuple[int, list[tuple[str, int]]]] = {}
     load = Counter()
     columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
@@ -204,25 +205,24 @@ def run_synth(
                         batch = [queue.popleft() for _ in range(min(config.batch_size, len(queue)))]
                         inflight[pool.submit(i, batch) if use_ray else object()] = (i, batch)
                         load[i] += 1
-                for ref, records in _completed(inflight, pool, use_ray):
+                for ref, finished in _completed(inflight, pool, use_ray):
                     i, batch = inflight.pop(ref)
                     load[i] -= 1
-                    if records is None:  # the worker died: re-queue its batch on a fresh actor
+                    if finished is None:  # the worker died: re-queue its batch on a fresh actor
                         console.print(f"[yellow]worker {i} died; re-queueing {len(batch)} episodes")
                         pool.replace(i)
                         queue.extendleft(reversed(batch))
                         continue
-                    store.add(records)
-                    for rec in records:
+                    store.add([f.line for f in finished])
+                    for f in finished:
                         counts["episodes"] += 1
                         bar.advance(p_eps)
-                        attempt = rec.meta["attempt"]
-                        if rec.judge.accepted:
+                        if f.accepted:
                             counts["accepted"] += 1
                             bar.advance(p_acc)
                             bar.advance(p_tasks)
-                        elif attempt + 1 < config.attempts:
-                            queue.appendleft((by_id[rec.task_id], attempt + 1))
+                        elif f.attempt + 1 < config.attempts:
+                            queue.appendleft((f.task_id, f.attempt + 1))
                         else:
                             bar.advance(p_tasks)
             store.flush()
@@ -234,11 +234,11 @@ def run_synth(
     return summary
 
 
-def _completed(inflight: dict, pool: _Pool, use_ray: bool) -> list[tuple[Any, list[Trajectory] | None]]:
+def _completed(inflight: dict, pool: _Pool, use_ray: bool) -> list[tuple[Any, list[Finished] | None]]:
     if not use_ray:  # in-process: run the first pending batch now
         ref = next(iter(inflight))
         i, batch = inflight[ref]
-        return [(ref, pool.actors[i].run(batch))]
+        return [(ref, pool.actors[i].run_ids(batch))]
     import ray
     from ray.exceptions import RayActorError
 

@@ -32,7 +32,7 @@ class ShardStore:
         self.shards.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
         self.shard_size = shard_size
-        self.buffer: list[Trajectory] = []
+        self.buffer: list[str] = []
         manifest = self.read_manifest()
         if manifest and manifest.get("fingerprint") != fingerprint:
             raise RunMismatch(
@@ -70,8 +70,9 @@ class ShardStore:
         return json.loads(path.read_text()) if path.exists() else None
 
     # -- writing --------------------------------------------------------------------------------
-    def add(self, records: list[Trajectory]) -> None:
-        self.buffer += records
+    def add(self, lines: list[str]) -> None:
+        """Buffer records (each a Trajectory as one JSON line) and write every full shard."""
+        self.buffer += lines
         while len(self.buffer) >= self.shard_size:
             self._write(self.buffer[: self.shard_size])
             self.buffer = self.buffer[self.shard_size :]
@@ -81,12 +82,12 @@ class ShardStore:
             self._write(self.buffer)
             self.buffer = []
 
-    def _write(self, records: list[Trajectory]) -> None:
+    def _write(self, lines: list[str]) -> None:
         final = self.shards / f"part-{self.next_index:05d}.jsonl"
         tmp = final.with_suffix(".tmp")
         with tmp.open("w") as f:
-            for rec in records:
-                f.write(rec.model_dump_json() + "\n")
+            for line in lines:
+                f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
         tmp.rename(final)  # atomic: the shard exists whole or not at all

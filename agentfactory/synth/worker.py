@@ -3,12 +3,18 @@
 One worker is one Ray actor (or a plain object in-process). The judge runs where the episode ran
 because it needs the episode's final world state. Everything is seeded by (task, attempt), so a
 re-run of the same work item reproduces the same record.
+
+In a pool, workers get the task table once (`tasks`) and then batches of (task id, attempt), and
+return each record already serialized (`Finished`): a task carries its world (~8 kB) and a record
+its tool specs and messages (~9 kB), and pickling them both ways cost the driver, which shares the
+CPUs with the workers, a fifth of a worker's time per episode (bench/synth_scaling.py).
 """
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import NamedTuple
 
 from agentfactory.llm.base import Engine
 from agentfactory.llm.config import EngineConfig, build_engine
@@ -24,9 +30,19 @@ from agentfactory.synth.users import LLMUser, ScriptedUser, UserSimulator
 from agentfactory.tools import load_domain
 
 
+class Finished(NamedTuple):
+    """What the driver needs of a finished episode: who, whether accepted, and the shard line."""
+
+    task_id: str
+    attempt: int
+    accepted: bool
+    line: str  # the Trajectory as JSON
+
+
 class EpisodeWorker:
-    def __init__(self, config: SynthConfig, domain_paths: dict[str, str]):
+    def __init__(self, config: SynthConfig, domain_paths: dict[str, str], tasks: list[Task] = ()):
         self.config = config
+        self.tasks = {t.id: t for t in tasks}
         self.domains = {name: load_domain(Path(p)) for name, p in domain_paths.items()}
         self._engines: dict[str, Engine] = {}
         self.agent: Agent = OracleAgent()
@@ -87,6 +103,13 @@ class EpisodeWorker:
                 traj.model_copy(update={"judge": verdict, "reward": reward_of(verdict), "meta": meta})
             )
         return records
+
+    def run_ids(self, batch: list[tuple[str, int]]) -> list[Finished]:
+        """`run` on (task id, attempt) pairs from the task table, records serialized here."""
+        records = self.run([(self.tasks[task_id], attempt) for task_id, attempt in batch])
+        return [
+            Finished(r.task_id, r.meta["attempt"], r.judge.accepted, r.model_dump_json()) for r in records
+        ]
 
     def close(self) -> None:
         for engine in self._engines.values():

@@ -112,6 +112,12 @@ class ChatData(StrictModel):
         min_length=1, description=".jsonl / .json / .parquet files or a datasets.save_to_disk folder"
     )
     seq_len: PositiveInt = Field(1024, description="longer conversations are truncated (and counted)")
+    length_groups: PositiveInt = Field(
+        16,
+        description="steps whose rows are drawn together and split by length (1 = plain random "
+        "batches): a batch pads to its longest row, and random batches of the quickstart's "
+        "conversations were 35% padding",
+    )
 
 
 class ParallelConfig(StrictModel):

@@ -14,7 +14,8 @@ Copy curriculum (`CopyData`): generated rows of random filler, "Note:", a list o
 
 Order: the sample at global position k (0, 1, 2, ... over all steps) is row perm_e[k mod N] with
 e = k // N and perm_e a permutation seeded by (seed, e). The data position is just k, so a resumed
-run continues with exactly the rows an uninterrupted run would have seen.
+run continues with exactly the rows an uninterrupted run would have seen. SFT draws the samples of
+`length_groups` steps together and hands them out by length (`step_rows`), so a batch pads little.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class TokenDataset:
     labels: list[torch.Tensor]
     pad_id: int
     stats: DataStats = field(default_factory=DataStats)
+    length_groups: int = 1  # steps per length-sorted group (see step_rows)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -246,7 +248,9 @@ def load_chat(data: ChatData, tokenizer) -> TokenDataset:
             stats.target_tokens += int((labels[1:] != IGNORE).sum())
     if not ids_rows:
         raise DataError(f"{', '.join(data.paths)}: no usable conversations ({stats})")
-    return TokenDataset(ids_rows, label_rows, pad_id=tokenizer.pad_token_id, stats=stats)
+    return TokenDataset(
+        ids_rows, label_rows, pad_id=tokenizer.pad_token_id, stats=stats, length_groups=data.length_groups
+    )
 
 
 # ------------------------------------------------------------------------------------------ order
@@ -263,6 +267,27 @@ def sample_indices(n_rows: int, start: int, count: int, seed: int) -> list[int]:
             perms[epoch] = torch.randperm(n_rows, generator=g).tolist()
         out.append(perms[epoch][pos])
     return out
+
+
+def step_rows(dataset: TokenDataset, start: int, batch_size: int, seed: int) -> list[int]:
+    """The rows of the step whose first global sample is `start`.
+
+    With `length_groups` G > 1 the samples of G consecutive steps are drawn together (the same
+    samples, so an epoch still sees every row once), sorted by length and cut into G batches, which
+    the G steps take in a seeded random order: each batch holds rows of similar length and pads
+    little, and the order stays a pure function of the position, so resume is exact.
+    """
+    groups = dataset.length_groups
+    if groups == 1:
+        return sample_indices(len(dataset), start, batch_size, seed)
+    if start % batch_size:
+        raise ValueError(f"length-grouped batches start at a multiple of the batch size, not {start}")
+    group, step = divmod(start // batch_size, groups)
+    rows = sample_indices(len(dataset), group * groups * batch_size, groups * batch_size, seed)
+    rows.sort(key=lambda r: dataset.ids[r].shape[0])
+    g = torch.Generator().manual_seed(seed * 1_000_003 + group + 7_919)
+    which = int(torch.randperm(groups, generator=g)[step])
+    return rows[which * batch_size : (which + 1) * batch_size]
 
 
 def collate(dataset: TokenDataset, rows: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,8 +317,7 @@ def step_micro_batches(
     its longest row wasted ~40% of SFT compute). Global micro-batch m goes to rank m mod world, so
     the padded tokens (and hence expert loads) are the same for any world size.
     """
-    rows = sample_indices(len(dataset), start, batch_size, seed)
-    rows = sorted(rows, key=lambda r: dataset.ids[r].shape[0])
+    rows = sorted(step_rows(dataset, start, batch_size, seed), key=lambda r: dataset.ids[r].shape[0])
     per_rank = batch_size // world
     out = []
     for j in range(per_rank // micro_batch_size):

@@ -349,6 +349,21 @@ def test_compact_agents_keep_the_tools_callable_at_a_fraction_of_the_prompt(tmp_
     assert summary["accepted"] == summary["episodes"] > 0
 
 
+def test_worker_runs_ids_from_its_task_table_and_returns_shard_lines():
+    from agentfactory.records import Trajectory
+    from agentfactory.synth.worker import EpisodeWorker
+
+    cfg = small(domains=["retail_orders"])
+    tasks = make_tasks(cfg, domain_paths(cfg))[:6]
+    worker = EpisodeWorker(cfg, domain_paths(cfg), tasks)
+    finished = worker.run_ids([(t.id, 1) for t in tasks])
+    records = worker.run([(t, 1) for t in tasks])
+    assert [Trajectory.model_validate_json(f.line) for f in finished] == records  # same, serialized
+    assert [(f.task_id, f.attempt, f.accepted) for f in finished] == [
+        (r.task_id, 1, r.judge.accepted) for r in records
+    ]
+
+
 def test_pretraining_corpus_is_plain_text_with_recall_documents():
     from agentfactory.stages import recall_documents
     from agentfactory.synth.render import trajectory_text

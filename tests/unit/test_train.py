@@ -23,7 +23,7 @@ from agentfactory.train import (
     pretrain,
     sft,
 )
-from agentfactory.train.data import IGNORE, sample_indices
+from agentfactory.train.data import IGNORE, TokenDataset, sample_indices, step_rows
 
 WORDS = "the order was shipped to customer and cancelled refund pending account balance for".split()
 
@@ -120,6 +120,28 @@ def test_sample_order_is_a_permutation_per_epoch():
     first, second = sample_indices(10, 0, 10, seed=3), sample_indices(10, 10, 10, seed=3)
     assert sorted(first) == sorted(second) == list(range(10)) and first != second
     assert sample_indices(10, 7, 6, seed=3) == (first + second)[7:13]  # position is all the state
+
+
+def test_length_groups_batch_similar_lengths_over_the_same_samples():
+    lengths = [int(x) for x in torch.randint(10, 400, (97,), generator=torch.Generator().manual_seed(0))]
+    rows = [torch.zeros(n, dtype=torch.long) for n in lengths]
+    plain = TokenDataset(rows, rows, pad_id=0)
+    grouped = TokenDataset(rows, rows, pad_id=0, length_groups=8)
+    steps = range(24)  # three groups, crossing an epoch boundary (97 rows)
+    a = [step_rows(plain, s * 4, 4, seed=1) for s in steps]
+    b = [step_rows(grouped, s * 4, 4, seed=1) for s in steps]
+    for g in range(3):  # each group of 8 steps sees the very samples plain batches would
+        group = slice(g * 8, g * 8 + 8)
+        assert sorted(r for x in a[group] for r in x) == sorted(r for x in b[group] for r in x)
+
+    def padding(batches):
+        return sum(len(x) * max(lengths[r] for r in x) - sum(lengths[r] for r in x) for x in batches)
+
+    assert padding(b) < 0.25 * padding(a)
+    assert b[5] == step_rows(grouped, 20, 4, seed=1)  # a pure function of the position: exact resume
+    assert b != [step_rows(grouped, s * 4, 4, seed=2) for s in steps]
+    with pytest.raises(ValueError, match="multiple of the batch size"):
+        step_rows(grouped, 6, 4, seed=1)
 
 
 def test_pretraining_text_is_packed_with_eos_separators(corpus, tmp_path):
