@@ -81,14 +81,14 @@ def test_copy_accuracy_counts_repeat_tokens_and_exact_rows():
     assert copy_accuracy(Lookahead(wrong=6), rows)["first_token"] == 0.5
     assert copy_accuracy(Lookahead(wrong=7), rows, limit=1)["token_accuracy"] == 0.5
 
-    class CharTok:
-        pad_token_id = 0
+    from agentfactory.model.tokenizer import train_tokenizer
 
-        def encode(self, text, add_special_tokens=False):
-            return [ord(c) for c in text]
-
-    (row,) = recall_rows(["Note: A1, b.\nAgain: A1, b."], CharTok()).labels
-    assert "".join(chr(t) for t in row[row != IGNORE].tolist()) == " A1, b."
+    doc = "Note: LK-7698, tammy59@wagner.com.\nAgain: LK-7698, tammy59@wagner.com."
+    tok = train_tokenizer([doc] * 20 + ["Again: the note is here."] * 20, vocab_size=320)
+    (data,) = [recall_rows([doc], tok)]
+    ids, labels = data.ids[0], data.labels[0]
+    assert ids.tolist() == tok.encode(doc, add_special_tokens=False)  # tokenized whole, as pretrained
+    assert tok.decode(ids[labels != IGNORE]) == "LK-7698, tammy59@wagner.com."  # "Again: " is context
 
 
 def test_argument_rows_label_values_said_earlier_inside_the_call():
