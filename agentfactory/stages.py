@@ -215,8 +215,8 @@ def copy_scores(model_dir: Path, tokenizer_dir: Path, copy: dict[str, Any], corp
 def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console: Console) -> dict:
     """Held-out success of each checkpoint on one vLLM engine: the first is loaded at start, the others
     are swapped in place (`update_weights`, ~1 s) instead of paying an engine start (~35 s) each.
-    Each summary also gets the checkpoint's teacher-forced copying of tool-call argument values on
-    the oracle's episodes of the same tasks (`argument_copying`)."""
+    Each summary also gets the checkpoint teacher-forced on the oracle's episodes of the same tasks:
+    its copying of tool-call argument values and where its turns first go wrong (`teacher_forced`)."""
     from agentfactory.eval import evaluate, evaluate_engine
     from agentfactory.llm.vllm_engine import VLLMEngine
     from agentfactory.synth.agents import OracleAgent
@@ -233,14 +233,15 @@ def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console:
             if version:
                 engine.update_weights(models[name], version)
             t0 = time.perf_counter()
-            summary = evaluate_engine(engine, config, out, label=name)
-            summary["argument_copying"] = argument_copying(models[name], out / "oracle.jsonl")
+            summary = evaluate_engine(engine, config, episodes=out / f"{name}.jsonl")
+            summary |= teacher_forced(models[name], out / "oracle.jsonl")
             (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
-            copied = summary["argument_copying"]
+            copied, turns = summary["argument_copying"], summary["turn_errors"]
             console.print(
                 f"eval {name}: {summary['success']}/{summary['tasks']} held-out tasks, argument values "
                 f"copied {100 * copied['token_accuracy']:.0f}% of tokens, first token "
-                f"{100 * copied['first_token']:.0f}% ({time.perf_counter() - t0:.0f}s)"
+                f"{100 * copied['first_token']:.0f}%; {turns['right']}/{turns['turns']} oracle turns "
+                f"right token for token ({time.perf_counter() - t0:.0f}s)"
             )
             results[name] = summary["success_rate"]
     finally:
@@ -248,15 +249,20 @@ def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console:
     return results
 
 
-def argument_copying(model_dir: Path, episodes: Path, rows: int = 48) -> dict:
-    """Teacher-forced copying of argument values in saved episodes (`eval.copying.argument_rows`)."""
+def teacher_forced(model_dir: Path, episodes: Path, rows: int = 48) -> dict:
+    """A checkpoint teacher-forced on saved episodes: copying of argument values
+    (`eval.copying.argument_rows`) and where its assistant turns first go wrong (`eval.anatomy`)."""
+    from agentfactory.eval.anatomy import turn_errors
     from agentfactory.eval.copying import argument_rows, copy_accuracy
     from agentfactory.model import K2ForCausalLM, load_tokenizer
     from agentfactory.records import Trajectory
 
-    records = (Trajectory.model_validate_json(line).to_openai() for line in episodes.read_text().splitlines())
-    data = argument_rows(records, load_tokenizer(model_dir), limit=rows)
-    return copy_accuracy(K2ForCausalLM.from_pretrained(model_dir), data, limit=rows)
+    records = [Trajectory.model_validate_json(line).to_openai() for line in episodes.read_text().splitlines()]
+    tok, model = load_tokenizer(model_dir), K2ForCausalLM.from_pretrained(model_dir)
+    return {
+        "argument_copying": copy_accuracy(model, argument_rows(records, tok, limit=rows), limit=rows),
+        "turn_errors": turn_errors(model, tok, records, limit=rows),
+    }
 
 
 def _copy_line(scores: dict) -> str:

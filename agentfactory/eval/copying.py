@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
+from agentfactory.model.chat import render
 from agentfactory.train.data import IGNORE, TokenDataset
 
 
@@ -64,32 +65,37 @@ def argument_rows(records: Iterable[dict], tokenizer, limit: int = 64) -> TokenD
     value inside a tool call, then the value (the labels); only values said earlier in it (an email
     the user gave, an id a tool returned). `copy_accuracy` on them measures the copying tool use
     rests on, with none of an episode's other failure modes and less noise than success rates."""
-    from agentfactory.model.chat import render
-
     ids_rows, label_rows = [], []
     for record in records:
-        messages, tools = _conversation(record)
-        for j, message in enumerate(messages):
-            prior = render(messages[:j], tools) if message.get("tool_calls") else ""
-            text = render(messages[: j + 1], tools) if prior else ""
-            for call in message.get("tool_calls") or []:
-                for value in _arguments(call).values():
-                    if not isinstance(value, str) or not value or value not in prior:
-                        continue
-                    quoted = json.dumps(value, ensure_ascii=False)[1:-1]
-                    pos = text.rfind(f'"{quoted}"') + 1  # inside this call, after its opening quote
-                    if pos <= len(prior):
-                        continue
-                    context = tokenizer.encode(text[:pos], add_special_tokens=False)
-                    target = tokenizer.encode(quoted, add_special_tokens=False)
-                    ids_rows.append(torch.tensor(context + target))
-                    label_rows.append(torch.tensor([IGNORE] * len(context) + target))
-                    if len(ids_rows) == limit:
-                        return TokenDataset(ids_rows, label_rows, pad_id=tokenizer.pad_token_id)
+        for messages, tools, j, prior, value in _said_values(record):
+            text = render(messages[: j + 1], tools)
+            quoted = json.dumps(value, ensure_ascii=False)[1:-1]
+            pos = text.rfind(f'"{quoted}"') + 1  # inside this call, after its opening quote
+            if pos <= len(prior):
+                continue
+            context = tokenizer.encode(text[:pos], add_special_tokens=False)
+            target = tokenizer.encode(quoted, add_special_tokens=False)
+            ids_rows.append(torch.tensor(context + target))
+            label_rows.append(torch.tensor([IGNORE] * len(context) + target))
+            if len(ids_rows) == limit:
+                return TokenDataset(ids_rows, label_rows, pad_id=tokenizer.pad_token_id)
     return TokenDataset(ids_rows, label_rows, pad_id=tokenizer.pad_token_id)
 
 
-def _conversation(record: dict) -> tuple[list[dict], list[dict] | None]:
+def _said_values(record: dict) -> Iterator[tuple[list[dict], list[dict] | None, int, str, str]]:
+    """(messages, tools, j, prior, value) for each string argument of a tool call in messages[j]
+    that occurs in `prior`, the rendering of the conversation before that message."""
+    messages, tools = conversation(record)
+    for j, message in enumerate(messages):
+        calls = message.get("tool_calls") or []
+        prior = render(messages[:j], tools) if calls else ""
+        for call in calls:
+            for value in _arguments(call).values():
+                if isinstance(value, str) and value and value in prior:
+                    yield messages, tools, j, prior, value
+
+
+def conversation(record: dict) -> tuple[list[dict], list[dict] | None]:
     """(messages, tools) of a dataset record or a saved episode, ready for `chat.render`."""
     messages = [{k: v for k, v in m.items() if v is not None} for m in record["messages"]]
     tools = record.get("tools")
@@ -106,22 +112,14 @@ def copyable_arguments(tokenizer, records: Iterable[dict], limit: int = 200) -> 
     call writes them also occur there token for token. Below 1, copying a value into a call is not
     plain induction: the model must also learn to re-spell it (GPT-2-style leading spaces: 55 % on
     the quickstart's data; trailing spaces: 99 %, see model/tokenizer.py)."""
-    from agentfactory.model.chat import render
-
     found = copyable = 0
+    contexts: dict[str, list[int]] = {}  # tokens of each prior rendering (one per call message)
     for record in itertools.islice(records, limit):
-        messages, tools = _conversation(record)
-        for j, message in enumerate(messages):
-            calls = message.get("tool_calls") or []
-            if not calls:
-                continue
-            prefix = render(messages[:j], tools)
-            context = tokenizer.encode(prefix, add_special_tokens=False)
-            for call in calls:
-                for value in _arguments(call).values():
-                    if isinstance(value, str) and value and value in prefix:
-                        found += 1
-                        copyable += _contains(context, _value_tokens(tokenizer, value))
+        for _, _, _, prior, value in _said_values(record):
+            if prior not in contexts:
+                contexts = {prior: tokenizer.encode(prior, add_special_tokens=False)}
+            found += 1
+            copyable += _contains(contexts[prior], _value_tokens(tokenizer, value))
     return {"arguments": found, "copyable": copyable / max(found, 1)}
 
 

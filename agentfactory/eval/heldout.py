@@ -9,7 +9,6 @@ are reported per domain and per task kind, with the failure reasons; the judged 
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -114,20 +113,15 @@ def summarize(results: list) -> dict[str, Any]:
     }
 
 
-def evaluate_engine(
-    engine: Engine, config: EvalConfig, out: Path | None = None, label: str = "policy"
-) -> dict[str, Any]:
-    """Evaluate a model on an engine (greedy by default); with `out`, write `<out>/<label>.json` (the
-    summary) and `<out>/<label>.jsonl` (the judged episodes)."""
+def evaluate_engine(engine: Engine, config: EvalConfig, episodes: Path | None = None) -> dict[str, Any]:
+    """Evaluate a model on an engine (greedy by default); the summary, and with `episodes` the
+    judged episodes written there as jsonl."""
     params = SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens, logprobs=False)
     from agentfactory.synth.tito import engine_tokenizer
 
     # Token-in-token-out, as in RL: the model continues from the exact ids it sampled.
     agent = PolicyAgent(engine, params, tokenizer=engine_tokenizer(engine))
-    summary = evaluate(agent, config, episodes=out / f"{label}.jsonl" if out is not None else None)
-    if out is not None:
-        (out / f"{label}.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return evaluate(agent, config, episodes=episodes)
 
 
 def evaluate_oracle(config: EvalConfig) -> dict[str, Any]:

@@ -43,6 +43,26 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _turn_errors(evals: dict[str, dict]) -> str:
+    """Where each checkpoint's assistant turns first go wrong, teacher-forced (`eval.anatomy`)."""
+    rows = {k: v["turn_errors"] for k, v in evals.items() if v and v.get("turn_errors")}
+    if not rows:
+        return ""
+    cats = list(next(iter(rows.values()))["first_error"])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["checkpoint", "turns", "right", *cats])
+    body = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{t['turns']}</td><td>{t['right']}</td>"
+        + "".join(f"<td>{t['first_error'][c]}</td>" for c in cats)
+        + "</tr>"
+        for k, t in rows.items()
+    )
+    return (
+        "<h3>Where assistant turns first go wrong</h3><p>The oracle's turns of the same episodes, each "
+        "predicted greedily given the true conversation before it; a turn counts under its first wrong "
+        f"token.</p><table><tr>{head}</tr>{body}</table>"
+    )
+
+
 def _copied(scores: dict | None) -> str:
     if not scores:
         return "<td></td><td></td><td></td>"
@@ -119,6 +139,7 @@ def build_report(run_dir: str | Path, tau: float | None = None, title: str | Non
         for k, v in evals.items()
         if v
     )
+    anatomy = _turn_errors(evals)
     copy_rows = "".join(
         f"<tr><td>after {html.escape(stage)}</td><td>{html.escape(kind.replace('_', ' '))}</td>"
         f"<td>{100 * s['token_accuracy']:.0f}%</td><td>{100 * s['exact']:.0f}%</td></tr>"
@@ -153,6 +174,7 @@ window.addEventListener("load", () => {{ const im = [...document.images];
 <th>first token</th><th>whole values</th></tr>{eval_rows}</table>
 <p>Copying is teacher-forced on the oracle's episodes of the same tasks: each string argument value
 said earlier in the conversation, predicted token by token after the call's opening quote.</p>
+{anatomy}
 {copying}
 {"".join(sections)}
 <h2>Example trajectories</h2>

@@ -120,3 +120,70 @@ def test_argument_rows_label_values_said_earlier_inside_the_call():
         context = "".join(chr(t) for t in ids[labels == IGNORE].tolist())
         assert context.endswith('": "') and "<|tool_call_argument_begin|>" in context
     assert len(argument_rows([record], CharTok(), limit=2).ids) == 2
+
+
+def _call_turn(name: str, arguments: str) -> str:
+    from agentfactory.model.chat import ARG_BEGIN, CALL_BEGIN, SECTION_BEGIN
+
+    return f"{SECTION_BEGIN}{CALL_BEGIN}functions.{name}:0{ARG_BEGIN}{arguments}"
+
+
+def test_first_errors_are_classified_by_where_they_fall():
+    from agentfactory.eval.anatomy import classify
+
+    turn = _call_turn("find_customer", '{"email": "zed@x.io", "note": "vip"}') + "<|tool_call_end|>"
+    prior = "user: my email is zed@x.io"
+    at = {  # the turn up to its first wrong token -> category
+        "": "call or answer",
+        turn[: turn.index("customer")]: "tool name",
+        _call_turn("find_customer", '{"em'): "call syntax",
+        _call_turn("find_customer", '{"email": "'): "copied value: first token",
+        _call_turn("find_customer", '{"email": "zed@'): "copied value: later token",
+        _call_turn("find_customer", '{"email": "zed@x.io", "note": "v'): "other value",  # never said
+    }
+    for wrong_at, category in at.items():
+        assert turn.startswith(wrong_at)
+        assert classify(turn, wrong_at, prior) == category, wrong_at
+    assert classify("Sure, which order?<|im_end|>", "Sure, wh", prior) == "text"
+
+
+def test_turn_errors_count_each_turn_under_its_first_wrong_token():
+    from types import SimpleNamespace
+
+    import torch
+
+    from agentfactory.eval.anatomy import turn_errors
+
+    class CharTok:
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+        def decode(self, ids):
+            return "".join(chr(i) for i in ids)
+
+    class Lookahead(torch.nn.Module):
+        """Predicts the true next token, except a wrong one wherever the next token is 'Z'."""
+
+        def forward(self, ids):
+            nxt = torch.roll(ids, -1, dims=1)
+            nxt = torch.where(nxt == ord("Z"), nxt + 1, nxt)
+            return SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, 256).float())
+
+    call = {
+        "id": "c0",
+        "type": "function",
+        "function": {"name": "find", "arguments": '{"email": "Zed@x.io"}'},
+    }
+    record = {
+        "messages": [
+            {"role": "user", "content": "hi, I am Zed@x.io"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c0", "content": "ok"},
+            {"role": "assistant", "content": "Done."},
+        ],
+        "tools": [{"type": "function", "function": {"name": "find", "parameters": {}}}],
+    }
+    scores = turn_errors(Lookahead(), CharTok(), [record, record], limit=1)
+    assert scores["turns"] == 2 and scores["right"] == 1  # the limit: one record, its two turns
+    assert scores["first_error"]["copied value: first token"] == 1
+    assert sum(scores["first_error"].values()) == 1
