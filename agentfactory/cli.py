@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfactory.config import ConfigError, load_config
+from agentfactory.eval.cli import eval_command
 
 app = typer.Typer(
     name="agentfactory",
@@ -58,6 +59,7 @@ app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(domains_app, name="domains")
 app.add_typer(tools_app, name="tools")
 app.add_typer(config_app, name="config")
+app.command("eval")(eval_command)
 
 out = Console()
 err = Console(stderr=True)

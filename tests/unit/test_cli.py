@@ -163,3 +163,28 @@ def test_read_only_output_is_one_clear_line(tmp_path):
         r.stderr.strip()
         == f"sft failed: {blocker}: not writable (a file is in the way of this output directory)"
     )
+
+
+def test_eval_names_checkpoints_and_rejects_bad_input(tmp_path):
+    from agentfactory.eval.cli import checkpoints
+
+    for d in ("runs/a/sft/model", "ckpt", "other"):
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "config.json").write_text("{}")
+    named = checkpoints(
+        [str(tmp_path / "runs/a/sft/model"), str(tmp_path / "ckpt"), f"mine={tmp_path / 'other'}"]
+    )
+    assert list(named) == ["sft", "ckpt", "mine"]
+
+    def flat(result) -> str:  # typer wraps usage errors in a box
+        return " ".join(result.output.replace("│", " ").split())
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["eval", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "not a checkpoint folder" in flat(missing)
+    twice = runner.invoke(app, ["eval", str(tmp_path / "ckpt"), f"ckpt={tmp_path / 'other'}"])
+    assert twice.exit_code == 2 and "two checkpoints named 'ckpt'" in flat(twice)
+    bad = runner.invoke(
+        app, ["eval", str(tmp_path / "ckpt"), "--set", "wrlds=2", "--out", str(tmp_path / "o")]
+    )
+    assert bad.exit_code == 1 and "wrlds" in bad.output
