@@ -166,7 +166,7 @@ def test_read_only_output_is_one_clear_line(tmp_path):
 
 
 def test_eval_names_checkpoints_and_rejects_bad_input(tmp_path):
-    from agentfactory.eval.cli import checkpoints
+    from agentfactory.cli.eval import checkpoints
 
     for d in ("runs/a/sft/model", "ckpt", "other"):
         (tmp_path / d).mkdir(parents=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from agentfactory.cli.common import err, fail, out
 from agentfactory.config import (
     ConfigError,
     NotWritable,
@@ -52,14 +52,13 @@ def eval_command(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="override a key: --set worlds=2")
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="summaries and judged episodes go here")] = Path(
-        "runs/eval"
-    ),
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="summaries and judged episodes go here")
+    ] = Path("runs/eval"),
 ) -> None:
     """Held-out success of checkpoints: worlds no training stage sees, the same tasks for each."""
     from agentfactory.stages import EvalStage, evaluate_models
 
-    console, err = Console(), Console(stderr=True)
     named = checkpoints(models)
     try:
         if config is not None:
@@ -67,21 +66,19 @@ def eval_command(
         else:
             positions = Positions("--set")
             cfg = validate(EvalStage, apply_overrides({}, overrides or [], positions), positions)
-        out = writable_dir(out)
+        out_dir = writable_dir(out_dir)
     except ConfigError as e:
-        for line in e.errors:
-            err.print(str(line), markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        fail(e)
     except NotWritable as e:
         err.print(str(e), markup=False, highlight=False)
         raise typer.Exit(1) from None
-    evaluate_models(cfg.model_copy(update={"models": list(named)}), named, out, console)
-    summaries = {name: json.loads((out / f"{name}.json").read_text()) for name in named}
+    evaluate_models(cfg.model_copy(update={"models": list(named)}), named, out_dir, out)
+    summaries = {name: json.loads((out_dir / f"{name}.json").read_text()) for name in named}
     rates = {n: s["success_rate"] for n, s in summaries.items()}
-    (out / "summary.json").write_text(
+    (out_dir / "summary.json").write_text(
         json.dumps({"checkpoints": {n: str(p) for n, p in named.items()}, "success_rate": rates}, indent=2)
     )
-    console.print(summary_table(summaries))
+    out.print(summary_table(summaries))
 
 
 def summary_table(summaries: dict[str, dict]) -> Table:
