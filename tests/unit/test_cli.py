@@ -188,3 +188,13 @@ def test_eval_names_checkpoints_and_rejects_bad_input(tmp_path):
         app, ["eval", str(tmp_path / "ckpt"), "--set", "wrlds=2", "--out", str(tmp_path / "o")]
     )
     assert bad.exit_code == 1 and "wrlds" in bad.output
+
+
+def test_eval_yaml_is_the_quickstarts_eval_stage():
+    from agentfactory.config import load_config
+    from agentfactory.pipeline import PipelineConfig
+    from agentfactory.stages import EvalStage
+
+    quickstart = load_config("pipelines/quickstart.yaml", PipelineConfig).eval
+    settings = load_config("pipelines/eval.yaml", EvalStage)
+    assert settings.model_dump(exclude={"models"}) == quickstart.model_dump(exclude={"models"})
