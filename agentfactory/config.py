@@ -219,9 +219,10 @@ def apply_overrides(data: dict, overrides: Iterable[str], positions: Positions |
     return data
 
 
-def load_config(path: str | Path, cls: type[M], overrides: Iterable[str] = ()) -> M:
-    """Load a YAML config file into `cls`, applying dotted overrides first."""
-    data, positions = load_yaml(path)
+def load_config(path: str | Path | None, cls: type[M], overrides: Iterable[str] = ()) -> M:
+    """Load a YAML config file into `cls`, applying dotted overrides first (no file: the
+    overrides on `cls`'s defaults)."""
+    data, positions = load_yaml(path) if path is not None else ({}, Positions("--set"))
     if not isinstance(data, dict):
         raise ConfigError(
             [positions.error((), f"expected a mapping at the top level, got {type(data).__name__}")]

@@ -15,15 +15,7 @@ import typer
 from rich.table import Table
 
 from agentfactory.cli.common import err, fail, out
-from agentfactory.config import (
-    ConfigError,
-    NotWritable,
-    Positions,
-    apply_overrides,
-    load_config,
-    validate,
-    writable_dir,
-)
+from agentfactory.config import ConfigError, NotWritable, load_config, writable_dir
 
 
 def checkpoints(specs: list[str]) -> dict[str, Path]:
@@ -61,11 +53,7 @@ def eval_command(
 
     named = checkpoints(models)
     try:
-        if config is not None:
-            cfg = load_config(config, EvalStage, overrides or [])
-        else:
-            positions = Positions("--set")
-            cfg = validate(EvalStage, apply_overrides({}, overrides or [], positions), positions)
+        cfg = load_config(config, EvalStage, overrides or [])
         out_dir = writable_dir(out_dir)
     except ConfigError as e:
         fail(e)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import torch
 
 from agentfactory.eval.copying import conversation
-from agentfactory.model.chat import ARG_BEGIN, CALL_BEGIN, SECTION_BEGIN, render_segments
+from agentfactory.model.chat import ARG_BEGIN, CALL_BEGIN, SECTION_BEGIN, encode_with_mask
 
 CATEGORIES = (
     "right",  # every token of the turn predicted
@@ -51,6 +51,13 @@ def classify(turn: str, wrong_at: str, prior: str) -> str:
     return "copied value: later token" if done else "copied value: first token"
 
 
+def _runs(mask: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each run of 1s: the assistant turns (a header always separates two)."""
+    edges = [i for i in range(1, len(mask)) if mask[i] != mask[i - 1]]
+    bounds = ([0] if mask and mask[0] else []) + edges + ([len(mask)] if mask and mask[-1] else [])
+    return list(zip(bounds[::2], bounds[1::2], strict=True))
+
+
 @torch.no_grad()
 def turn_errors(model: torch.nn.Module, tokenizer, records: Iterable[dict], limit: int = 48) -> dict:
     """{"turns", "right", "first_error": {category: turns}} over the assistant turns of the first
@@ -62,16 +69,9 @@ def turn_errors(model: torch.nn.Module, tokenizer, records: Iterable[dict], limi
         for k, record in enumerate(records):
             if k == limit:
                 break
-            messages, tools = conversation(record)
-            ids: list[int] = []
-            turns = []  # (first id, end id) of each assistant body
-            for seg in render_segments(messages, tools):
-                seg_ids = tokenizer.encode(seg.text, add_special_tokens=False)
-                if seg.trainable:
-                    turns.append((len(ids), len(ids) + len(seg_ids)))
-                ids += seg_ids
+            ids, mask = encode_with_mask(tokenizer, *conversation(record))
             pred = model(torch.tensor(ids)[None]).logits[0].argmax(-1).tolist()
-            for a, b in turns:
+            for a, b in _runs(mask):
                 wrong = next((i for i in range(max(a, 1), b) if pred[i - 1] != ids[i]), None)
                 if wrong is None:
                     counts["right"] += 1
