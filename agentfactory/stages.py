@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +34,7 @@ class CorpusStage(StrictModel):
     world_start: int = Field(1000, ge=0)
     worlds: int = Field(10, ge=1)
     recall_docs: int = Field(
-        0, ge=0, description="extra synthetic recall documents (lists of the corpus's ids, repeated)"
+        0, ge=0, description="extra recall documents: values in the corpus's formats, text, the values again"
     )
 
 
@@ -46,20 +45,36 @@ class TrainStage(StrictModel):
 
 
 class CopyStage(StrictModel):
-    """The copy curriculum that runs before pretraining (train.CopyData): the model learns in-context
-    copying on random-token lists first, then pretrains on the corpus from there."""
+    """The copy curriculum that runs before pretraining: the model learns in-context copying first,
+    then pretrains on the corpus from there. `data` holds `train.RecallData` fields with `kind:
+    recall` (values in the corpus's formats; `paths` default to the run's corpus) or
+    `train.CopyData` fields (random-token lists, the default kind)."""
 
     preset: str = "k2-mini"
-    data: dict[str, Any] = Field(default_factory=dict, description="CopyData fields (rows, items, ...)")
+    data: dict[str, Any] = Field(default_factory=dict, description="RecallData or CopyData fields")
     train: dict[str, Any] = Field(default_factory=dict, description="PretrainConfig overrides")
 
     @field_validator("data")
     @classmethod
     def _valid_copy_data(cls, data: dict[str, Any]) -> dict[str, Any]:
-        from agentfactory.train.config import CopyData
+        from agentfactory.train.config import CopyData, RecallData
 
-        CopyData.model_validate({**data, "kind": "copy"})  # a typo fails at load, not after synthesis
+        if data.get("kind", "copy") == "recall":  # a typo fails at load, not after synthesis
+            RecallData.model_validate({"paths": ["corpus.jsonl"], **data})
+        else:
+            CopyData.model_validate({**data, "kind": "copy"})
         return data
+
+    def data_for(self, corpus: Path) -> dict[str, Any]:
+        """The trainer's data section, with a recall curriculum's paths defaulting to `corpus`."""
+        if self.data.get("kind") == "recall":
+            return {"paths": [str(corpus)], **self.data}
+        return {**self.data, "kind": "copy"}
+
+    @property
+    def random_lists(self) -> dict[str, Any]:
+        """CopyData fields for the held-out random-list check (this curriculum's, if it is one)."""
+        return {} if self.data.get("kind") == "recall" else self.data
 
 
 class RLStage(StrictModel):
@@ -101,11 +116,12 @@ def mark_done(stage_dir: Path, summary: dict) -> dict:
 
 def build_corpus(cfg: CorpusStage, out: Path, console: Console) -> dict:
     """Oracle episodes over fresh worlds as plain-text logs (the pretraining 'web' of this world),
-    plus `recall_docs` synthetic recall documents drawn from the same text."""
+    plus `recall_docs` recall documents over the same text (train/recall.py)."""
     from agentfactory.synth.config import SynthConfig
     from agentfactory.synth.pipeline import domain_paths, make_tasks
     from agentfactory.synth.render import trajectory_text
     from agentfactory.synth.worker import EpisodeWorker
+    from agentfactory.train.recall import recall_documents
 
     synth = SynthConfig(world_start=cfg.world_start, worlds=cfg.worlds)
     paths = domain_paths(synth)
@@ -123,26 +139,6 @@ def build_corpus(cfg: CorpusStage, out: Path, console: Console) -> dict:
             f.write(json.dumps({"text": text}) + "\n")
     console.print(f"pretraining corpus: {len(texts)} conversations, {len(recall)} recall documents")
     return {"documents": len(texts), "recall_documents": len(recall), "path": str(out / "corpus.jsonl")}
-
-
-_ENTITY = re.compile(r"[\w.+-]+@[\w.-]+\w|\b[A-Z]{1,5}-?\d[\w-]*|\b\d{4}-\d\d-\d\d\b|\b\d{3,}\b")
-
-
-def recall_documents(texts: list[str], n: int, rng: random.Random) -> list[str]:
-    """Documents that list some of the corpus's ids, emails and dates and then repeat the list.
-
-    Using a tool means copying strings from the context (an email the user gave, an id a tool
-    returned) and a small model learns that in-context copying (induction heads) late from
-    ordinary text; a share of repeated random lists makes copying the way to predict half of
-    every such document, so the skill forms within the quickstart's few hundred pretraining steps.
-    """
-    pool = sorted({m for t in texts for m in _ENTITY.findall(t)})
-    docs = []
-    for _ in range(n if pool else 0):
-        items = rng.sample(pool, min(len(pool), rng.randint(6, 16)))
-        listed = ", ".join(items)
-        docs.append(f"Note: {listed}.\nAgain: {listed}.")
-    return docs
 
 
 def train_tokenizer_stage(
@@ -197,9 +193,10 @@ def _train(
 def copy_scores(model_dir: Path, tokenizer_dir: Path, copy: dict[str, Any], corpus: Path | None) -> dict:
     """Held-out in-context copying of a checkpoint: random-token lists (the curriculum's kind, another
     seed) and, with a corpus, fresh lists of the corpus's ids and emails (what tool use copies)."""
-    from agentfactory.eval.copying import copy_accuracy, recall_rows
+    from agentfactory.eval.copying import copy_accuracy
     from agentfactory.model import K2ForCausalLM, load_tokenizer
-    from agentfactory.train import CopyData, copy_rows
+    from agentfactory.train import CopyData, copy_rows, recall_rows
+    from agentfactory.train.recall import recall_documents
 
     tok = load_tokenizer(tokenizer_dir)
     model = K2ForCausalLM.from_pretrained(model_dir)
@@ -207,7 +204,8 @@ def copy_scores(model_dir: Path, tokenizer_dir: Path, copy: dict[str, Any], corp
     scores = {"random_lists": copy_accuracy(model, copy_rows(held_out, tok))}
     if corpus is not None and corpus.exists():
         texts = [t for t in (json.loads(line)["text"] for line in corpus.open()) if not t.startswith("Note:")]
-        docs = recall_documents(texts, 100, random.Random(-1))
+        # the corpus's own values, 6-16 in a list, no gap: comparable across recipes
+        docs = recall_documents(texts, 100, random.Random(-1), items=(6, 16), gap=0, fresh=False)
         scores["corpus_ids"] = copy_accuracy(model, recall_rows(docs, tok))
     return scores
 
@@ -302,13 +300,13 @@ def run_model_stages(config: Any, console: Console, results: dict) -> None:
     def trained(kind: str, cfg: TrainStage | CopyStage, data: dict, init: Path | None, d: Path) -> dict:
         summary = _train(kind, cfg, tokenizer, data, init, d, seed)
         if kind == "pretrain":
-            copy = config.curriculum.data if config.curriculum is not None else {}
+            copy = config.curriculum.random_lists if config.curriculum is not None else {}
             summary["copy_accuracy"] = copy_scores(Path(summary["model"]), tokenizer, copy, corpus)
             console.print(f"{d.name}: in-context copying {_copy_line(summary['copy_accuracy'])}")
         return summary
 
     if config.curriculum is not None:
-        copy_data = {**config.curriculum.data, "kind": "copy"}
+        copy_data = config.curriculum.data_for(corpus)
         stage("curriculum", lambda d: trained("pretrain", config.curriculum, copy_data, None, d))
         models["curriculum"] = run / "curriculum" / "model"
     if config.pretrain is not None:

@@ -45,21 +45,6 @@ def copy_accuracy(model: torch.nn.Module, rows: TokenDataset, limit: int = 100) 
     }
 
 
-def recall_rows(docs: list[str], tokenizer) -> TokenDataset:
-    """Recall documents ("Note: a, b.\\nAgain: a, b.") as rows whose labels mark the repeat."""
-    ids_rows, label_rows = [], []
-    for doc in docs:
-        # Tokenized whole, as in pretraining: encoding the two halves apart would split "Again: " at
-        # the space, which a trailing-space tokenizer never does. Targets: tokens starting after it.
-        start = len(doc.split("\nAgain:", 1)[0]) + len("\nAgain:")
-        enc = tokenizer(doc, add_special_tokens=False, return_offsets_mapping=True)
-        ids = torch.tensor(enc["input_ids"])
-        repeat = torch.tensor([a >= start for a, _ in enc["offset_mapping"]])
-        ids_rows.append(ids)
-        label_rows.append(torch.where(repeat, ids, IGNORE))
-    return TokenDataset(ids_rows, label_rows, pad_id=tokenizer.pad_token_id)
-
-
 def argument_rows(records: Iterable[dict], tokenizer, limit: int = 64) -> TokenDataset:
     """Teacher-forced rows for copying tool-call argument values: a conversation up to a string
     value inside a tool call, then the value (the labels); only values said earlier in it (an email

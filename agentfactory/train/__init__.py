@@ -10,12 +10,22 @@ from agentfactory.train.config import (
     ModelSource,
     ParallelConfig,
     PretrainConfig,
+    RecallData,
     ScheduleConfig,
     SFTConfig,
     TextData,
     TrainConfig,
 )
-from agentfactory.train.data import DataError, DataStats, copy_rows, load_chat, load_pretrain, load_text
+from agentfactory.train.data import (
+    DataError,
+    DataStats,
+    copy_rows,
+    load_chat,
+    load_pretrain,
+    load_recall,
+    load_text,
+    recall_rows,
+)
 from agentfactory.train.schedule import lr_multiplier
 from agentfactory.train.trainer import (
     Trainer,
@@ -35,6 +45,7 @@ __all__ = [
     "ModelSource",
     "ParallelConfig",
     "PretrainConfig",
+    "RecallData",
     "SFTConfig",
     "ScheduleConfig",
     "TextData",
@@ -46,9 +57,11 @@ __all__ = [
     "copy_rows",
     "load_chat",
     "load_pretrain",
+    "load_recall",
     "load_text",
     "lr_multiplier",
     "pretrain",
+    "recall_rows",
     "sft",
     "train",
 ]

@@ -94,6 +94,30 @@ class CopyData(StrictModel):
         return self
 
 
+class RecallData(StrictModel):
+    """A recall curriculum: documents listing values in the corpus's formats (ids, emails, dates) with
+    fresh content, some corpus text, then the list again; the loss is on the repeat only. Unlike
+    random-token lists (`CopyData`), what the model learns here transfers to the corpus's own values
+    (see train/recall.py for the measurements)."""
+
+    kind: Literal["recall"]
+    paths: list[str] = Field(
+        min_length=1, description="corpus files (.txt / .jsonl 'text'): the values' formats and the gaps"
+    )
+    rows: PositiveInt = Field(5000, description="documents generated (from `seed`)")
+    items: tuple[PositiveInt, PositiveInt] = Field((2, 10), description="list length range (inclusive)")
+    gap: NonNegativeInt = Field(
+        800, description="up to this many characters of corpus text between the list and its repeat"
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_items(self) -> RecallData:
+        if self.items[0] > self.items[1]:
+            raise ValueError(f"items: lower bound {self.items[0]} is above upper bound {self.items[1]}")
+        return self
+
+
 def _data_kind(value: Any) -> str:
     return (
         value.get("kind", "text") if isinstance(value, dict) else getattr(value, "kind", "text")
@@ -101,7 +125,10 @@ def _data_kind(value: Any) -> str:
 
 
 PretrainData = Annotated[
-    Annotated[TextData, Tag("text")] | Annotated[CopyData, Tag("copy")], Discriminator(_data_kind)
+    Annotated[TextData, Tag("text")]
+    | Annotated[CopyData, Tag("copy")]
+    | Annotated[RecallData, Tag("recall")],
+    Discriminator(_data_kind),
 ]
 
 

@@ -10,7 +10,9 @@ row id; a row with no assistant turn is skipped and counted, as is a row whose a
 fall beyond `seq_len` after truncation.
 
 Copy curriculum (`CopyData`): generated rows of random filler, "Note:", a list of random tokens,
-"\nAgain:", the same list again; only the repeat is a target.
+"\nAgain:", the same list again; only the repeat is a target. Recall curriculum (`RecallData`): the
+same shape over values in the corpus's formats with fresh content and corpus text in between
+(train/recall.py); only the repeat is a target.
 
 Order: the sample at global position k (0, 1, 2, ... over all steps) is row perm_e[k mod N] with
 e = k // N and perm_e a permutation seeded by (seed, e). The data position is just k, so a resumed
@@ -34,7 +36,8 @@ from pydantic import ValidationError
 
 from agentfactory.model.chat import EOS, SPECIAL_TOKENS, encode_with_mask, render
 from agentfactory.records import Message, ToolSpec
-from agentfactory.train.config import ChatData, CopyData, TextData
+from agentfactory.train.config import ChatData, CopyData, RecallData, TextData
+from agentfactory.train.recall import SEPARATOR, recall_documents
 
 IGNORE = -100
 
@@ -184,8 +187,40 @@ def copy_rows(data: CopyData, tokenizer) -> TokenDataset:
     return TokenDataset(ids_rows, label_rows, pad_id=tokenizer.pad_token_id, stats=stats)
 
 
-def load_pretrain(data: TextData | CopyData, tokenizer) -> TokenDataset:
-    return copy_rows(data, tokenizer) if isinstance(data, CopyData) else load_text(data, tokenizer)
+def recall_rows(docs: list[str], tokenizer) -> TokenDataset:
+    """Recall documents (train/recall.py) as rows whose labels mark the repeat (after the last "Again:")."""
+    ids_rows, label_rows = [], []
+    stats = DataStats(rows=len(docs), used=len(docs))
+    for doc in docs:
+        # Tokenized whole, as in pretraining: encoding the two halves apart would split "Again: " at
+        # the space, which a trailing-space tokenizer never does. Targets: tokens starting after it.
+        start = doc.rindex(SEPARATOR) + len(SEPARATOR)
+        enc = tokenizer(doc, add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.tensor(enc["input_ids"])
+        repeat = torch.tensor([a >= start for a, _ in enc["offset_mapping"]])
+        ids_rows.append(ids)
+        label_rows.append(torch.where(repeat, ids, IGNORE))
+        stats.tokens += len(ids)
+        stats.target_tokens += int(repeat.sum())
+    return TokenDataset(ids_rows, label_rows, pad_id=tokenizer.pad_token_id, stats=stats)
+
+
+def load_recall(data: RecallData, tokenizer) -> TokenDataset:
+    """`data.rows` fresh recall documents over the corpus in `data.paths` (its own recall documents,
+    "Note: ..." rows, are neither values nor gap text)."""
+    texts = [t for path in _check_files(data.paths) for t in _documents(path) if not t.startswith("Note:")]
+    docs = recall_documents(texts, data.rows, random.Random(data.seed), data.items, data.gap)
+    if not docs:
+        raise DataError(f"{', '.join(data.paths)}: no ids, emails or dates to build recall documents from")
+    return recall_rows(docs, tokenizer)
+
+
+def load_pretrain(data: TextData | CopyData | RecallData, tokenizer) -> TokenDataset:
+    if isinstance(data, CopyData):
+        return copy_rows(data, tokenizer)
+    if isinstance(data, RecallData):
+        return load_recall(data, tokenizer)
+    return load_text(data, tokenizer)
 
 
 # -------------------------------------------------------------------------------------------- SFT

@@ -46,6 +46,9 @@ def test_config_show_applies_overrides(tmp_path):
     bad_curriculum = "curriculum={data: {rowz: 10}}"  # checked at load, not after the stages before it
     r = runner.invoke(app, ["config", "show", "pipelines/quickstart.yaml", "--set", bad_curriculum])
     assert r.exit_code == 1 and "curriculum.data: unknown key 'rowz'" in r.stderr
+    bad_recall = "curriculum.data={kind: recall, gap: -1}"
+    r = runner.invoke(app, ["config", "show", "pipelines/quickstart.yaml", "--set", bad_recall])
+    assert r.exit_code == 1 and "curriculum.data.gap: Input should be greater than or equal to 0" in r.stderr
 
 
 def test_run_writes_outputs(tmp_path):

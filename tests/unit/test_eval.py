@@ -48,8 +48,8 @@ def test_copy_accuracy_counts_repeat_tokens_and_exact_rows():
 
     import torch
 
-    from agentfactory.eval.copying import copy_accuracy, recall_rows
-    from agentfactory.train.data import IGNORE, TokenDataset
+    from agentfactory.eval.copying import copy_accuracy
+    from agentfactory.train.data import IGNORE, TokenDataset, recall_rows
 
     class Lookahead(torch.nn.Module):
         """Predicts the true next token except where the next token is `wrong`."""

@@ -3,6 +3,7 @@ the judge rejects wrong states and forbidden calls; faults appear at their rates
 
 import json
 import random
+import re
 from collections import Counter
 
 import datasets
@@ -365,18 +366,42 @@ def test_worker_runs_ids_from_its_task_table_and_returns_shard_lines():
 
 
 def test_pretraining_corpus_is_plain_text_with_recall_documents():
-    from agentfactory.stages import recall_documents
     from agentfactory.synth.render import trajectory_text
     from agentfactory.synth.worker import EpisodeWorker
+    from agentfactory.train.recall import ENTITY, recall_documents
 
     cfg = small(domains=["retail_orders"])
     tasks = make_tasks(cfg, domain_paths(cfg))[:5]
     texts = [trajectory_text(t) for t in EpisodeWorker(cfg, domain_paths(cfg)).run([(t, 0) for t in tasks])]
     assert all("<|" not in t for t in texts)  # no chat template, no tool-call tokens: SFT teaches those
     assert any("The agent ran " in t for t in texts) and any("Customer: " in t for t in texts)
-    docs = recall_documents(texts, 20, random.Random(0))
-    assert len(docs) == 20 and docs == recall_documents(texts, 20, random.Random(0))
+    corpus = "\n".join(texts)
+    # the corpus's own values, no gap: what the copy check measures
+    docs = recall_documents(texts, 20, random.Random(0), items=(6, 16), gap=0, fresh=False)
+    assert len(docs) == 20 and docs == recall_documents(texts, 20, random.Random(0), (6, 16), 0, False)
     for d in docs:
         first, again = d.split("\nAgain: ")
         assert first == "Note: " + again
-        assert all(item in "\n".join(texts) for item in again.rstrip(".").split(", "))
+        assert all(item in corpus for item in again.rstrip(".").split(", "))
+    # training documents: fresh values in the same formats, corpus text between list and repeat
+    docs = recall_documents(texts, 50, random.Random(0), items=(2, 8), gap=400)
+    assert docs == recall_documents(texts, 50, random.Random(0), items=(2, 8), gap=400)
+
+    def shape(value: str) -> str:  # digits and punctuation kept, any word alike
+        return re.sub(r"[A-Za-z]+", "a", re.sub(r"\d", "0", value))
+
+    shapes = {shape(v) for v in ENTITY.findall(corpus)}
+    fresh = gaps = 0
+    for d in docs:
+        head, rest = d.split(".\n", 1)
+        between, again = rest.rsplit("Again: ", 1)
+        listed = head.removeprefix("Note: ")
+        assert again == listed + "."  # the repeat is the list, exactly
+        values = listed.split(", ")
+        assert 2 <= len(values) <= 8
+        assert all(shape(v) in shapes for v in values), values  # the formats of the corpus's values
+        fresh += sum(v not in corpus for v in values)
+        assert len(between) <= 401 and (not between or between[:-1] in corpus)
+        gaps += bool(between)
+    assert fresh > 0.9 * sum(len(d.split(".\n", 1)[0].split(", ")) for d in docs)  # nothing to recall
+    assert gaps > 40

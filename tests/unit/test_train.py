@@ -12,12 +12,14 @@ from agentfactory.train import (
     CopyData,
     DataError,
     PretrainConfig,
+    RecallData,
     ScheduleConfig,
     SFTConfig,
     TextData,
     TrainingDiverged,
     copy_rows,
     load_chat,
+    load_recall,
     load_text,
     lr_multiplier,
     pretrain,
@@ -197,6 +199,35 @@ def test_pretrain_data_is_text_unless_kind_copy(corpus, tmp_path):
         _pretrain_config(corpus, tmp_path, data={"paths": [], "rows": 3})
     result = pretrain(cfg)
     assert result.steps == 6 and result.data.target_tokens < result.data.tokens / 2
+
+
+def test_recall_curriculum_rows_copy_fresh_values_with_loss_on_the_repeat_only(corpus, tmp_path):
+    tok = load_tokenizer(corpus / "tok")
+    texts = [
+        f"Customer {w} (id CUS-{1000 + i}, {w.lower()}{i}@example.com) asked about order ORD-{5000 + 7 * i}."
+        for i, w in enumerate(WORDS * 2)
+    ]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    data = RecallData(kind="recall", paths=[str(tmp_path / "c.jsonl")], rows=30, items=(2, 4), gap=60)
+    rows = load_recall(data, tok)
+    assert len(rows) == 30 and rows.stats.target_tokens == sum(int((x != IGNORE).sum()) for x in rows.labels)
+    for ids, labels in zip(rows.ids, rows.labels, strict=True):
+        target = labels != IGNORE
+        n = int(target.sum())
+        assert target[-n:].all() and not target[:-n].any()  # the repeat, and only it, is a target
+        doc = tok.decode(ids)
+        listed = doc[len("Note: ") : doc.index(".\n")]
+        assert tok.decode(ids[-n:]).strip() == f"{listed}." and doc.endswith(f"Again: {listed}.")
+        assert listed not in "\n".join(texts)  # fresh values: only copying predicts the repeat
+    assert load_recall(data, tok).fingerprint() == rows.fingerprint()  # seeded
+    assert load_recall(data.model_copy(update={"seed": 1}), tok).fingerprint() != rows.fingerprint()
+    cfg = _pretrain_config(corpus, tmp_path, data={"kind": "recall", "paths": [str(tmp_path / "c.jsonl")]})
+    assert isinstance(cfg.data, RecallData) and cfg.data.items == (2, 10)
+    with pytest.raises(ValueError, match="items: lower bound 5 is above upper bound 4"):
+        _pretrain_config(corpus, tmp_path, data={"kind": "recall", "paths": ["x"], "items": [5, 4]})
+    (tmp_path / "plain.txt").write_text("no values in here at all")
+    with pytest.raises(DataError, match="no ids, emails or dates"):
+        load_recall(data.model_copy(update={"paths": [str(tmp_path / "plain.txt")]}), tok)
 
 
 # ---------------------------------------------------------------------------------------- SFT data
