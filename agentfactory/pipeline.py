@@ -58,7 +58,7 @@ class PipelineConfig(StrictModel):
     )
     tokenizer: TokenizerStage | None = None
     curriculum: CopyStage | None = Field(
-        None, description="a copy curriculum before pretraining (in-context copying, see train.CopyData)"
+        None, description="a copy curriculum before pretraining (train.RecallData or train.CopyData)"
     )
     pretrain: TrainStage | None = None
     sft: TrainStage | None = None

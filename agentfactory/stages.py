@@ -36,6 +36,9 @@ class CorpusStage(StrictModel):
     recall_docs: int = Field(
         0, ge=0, description="extra recall documents: values in the corpus's formats, text, the values again"
     )
+    recall_keyed: float = Field(
+        0.0, ge=0, le=1, description="share of recall documents that ask for each value by name"
+    )
 
 
 class TrainStage(StrictModel):
@@ -132,7 +135,7 @@ def build_corpus(cfg: CorpusStage, out: Path, console: Console) -> dict:
         for i in range(0, len(tasks), 64)
         for rec in worker.run([(t, 0) for t in tasks[i : i + 64]])
     ]
-    recall = recall_documents(texts, cfg.recall_docs, random.Random(cfg.world_start))
+    recall = recall_documents(texts, cfg.recall_docs, random.Random(cfg.world_start), keyed=cfg.recall_keyed)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "corpus.jsonl").open("w") as f:
         for text in texts + recall:

@@ -109,6 +109,9 @@ class RecallData(StrictModel):
     gap: NonNegativeInt = Field(
         800, description="up to this many characters of corpus text between the list and its repeat"
     )
+    keyed: float = Field(
+        0.0, ge=0, le=1, description="share of documents that name each value and ask for it by name"
+    )
     seed: int = 0
 
     @model_validator(mode="after")

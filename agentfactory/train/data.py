@@ -209,7 +209,9 @@ def load_recall(data: RecallData, tokenizer) -> TokenDataset:
     """`data.rows` fresh recall documents over the corpus in `data.paths` (its own recall documents,
     "Note: ..." rows, are neither values nor gap text)."""
     texts = [t for path in _check_files(data.paths) for t in _documents(path) if not t.startswith("Note:")]
-    docs = recall_documents(texts, data.rows, random.Random(data.seed), data.items, data.gap)
+    docs = recall_documents(
+        texts, data.rows, random.Random(data.seed), data.items, data.gap, keyed=data.keyed
+    )
     if not docs:
         raise DataError(f"{', '.join(data.paths)}: no ids, emails or dates to build recall documents from")
     return recall_rows(docs, tokenizer)

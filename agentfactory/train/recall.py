@@ -32,21 +32,33 @@ def recall_documents(
     items: tuple[int, int] = (2, 10),
     gap: int = 800,
     fresh: bool = True,
+    keyed: float = 0.0,
 ) -> list[str]:
-    """`n` documents "Note: a, b, c.\\n<up to `gap` chars of a text>\\nAgain: a, b, c." over the
-    values (ids, emails, dates) found in `texts`; `fresh` redraws each value's content (see module)."""
+    """`n` documents "Note: a, b, c.\n<up to `gap` chars of a text>\nAgain: a, b, c." over the
+    values (ids, emails, dates) found in `texts`; `fresh` redraws each value's content (see module).
+
+    A `keyed` share of them name each value and ask for them back in another order, as a tool call
+    does: "Note: refund is a, order is b.\n…\nAgain: {"order": "b", "refund": "a"}." — the first
+    token of each value is then found by its key, not by continuing the previous value."""
     pool = sorted({m for t in texts for m in ENTITY.findall(t)})
     words = sorted({w for t in texts for w in _WORD.findall(t)})
     docs = []
     for _ in range(n if pool else 0):
         values = rng.sample(pool, min(len(pool), rng.randint(*items)))
-        listed = ", ".join(_redraw(v, words, rng) if fresh else v for v in values)
+        values = [_redraw(v, words, rng) if fresh else v for v in values]
         between = ""
         if gap:
             text, size = rng.choice(texts), rng.randint(0, gap)
             start = rng.randint(0, max(0, len(text) - size))
             between = text[start : start + size] + "\n"
-        docs.append(f"Note: {listed}.\n{between}{SEPARATOR[1:]} {listed}.")
+        if rng.random() < keyed:
+            keys = rng.sample(words, len(values))
+            note = ", ".join(f"{k} is {v}" for k, v in zip(keys, values, strict=True))
+            order = rng.sample(range(len(values)), len(values))
+            again = "{" + ", ".join(f'"{keys[i]}": "{values[i]}"' for i in order) + "}"
+        else:
+            note = again = ", ".join(values)
+        docs.append(f"Note: {note}.\n{between}{SEPARATOR[1:]} {again}.")
     return docs
 
 

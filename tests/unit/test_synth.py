@@ -405,3 +405,14 @@ def test_pretraining_corpus_is_plain_text_with_recall_documents():
         gaps += bool(between)
     assert fresh > 0.9 * sum(len(d.split(".\n", 1)[0].split(", ")) for d in docs)  # nothing to recall
     assert gaps > 40
+    # keyed: each value named in the note and asked for by name, in another order, as a tool call does
+    reordered = 0
+    for d in recall_documents(texts, 30, random.Random(1), items=(2, 6), gap=0, keyed=1.0):
+        head, again = d.removeprefix("Note: ").split(".\nAgain: ")
+        pairs = [pair.split(" is ", 1) for pair in head.split(", ")]
+        asked = json.loads(again.removesuffix("."))
+        assert asked == dict(pairs) and len(asked) == len(pairs)  # every value, under its own key
+        reordered += list(asked) != [k for k, _ in pairs]
+    assert reordered > 10
+    mixed = recall_documents(texts, 200, random.Random(2), keyed=0.5)
+    assert 60 < sum(d.rstrip(".").endswith("}") for d in mixed) < 140
