@@ -36,6 +36,13 @@ class CorpusStage(StrictModel):
     recall_docs: int = Field(
         0, ge=0, description="extra recall documents: values in the corpus's formats, text, the values again"
     )
+    recall_items: tuple[int, int] = Field((6, 16), description="values per recall document (inclusive)")
+    recall_gap: int = Field(
+        0, ge=0, description="up to this many characters of corpus text before the repeat"
+    )
+    recall_fresh: bool = Field(
+        False, description="redraw each value's content (digits, most words): only copying predicts it"
+    )
     recall_keyed: float = Field(
         0.0, ge=0, le=1, description="share of recall documents that ask for each value by name"
     )
@@ -135,7 +142,15 @@ def build_corpus(cfg: CorpusStage, out: Path, console: Console) -> dict:
         for i in range(0, len(tasks), 64)
         for rec in worker.run([(t, 0) for t in tasks[i : i + 64]])
     ]
-    recall = recall_documents(texts, cfg.recall_docs, random.Random(cfg.world_start), keyed=cfg.recall_keyed)
+    recall = recall_documents(
+        texts,
+        cfg.recall_docs,
+        random.Random(cfg.world_start),
+        cfg.recall_items,
+        cfg.recall_gap,
+        cfg.recall_fresh,
+        cfg.recall_keyed,
+    )
     out.mkdir(parents=True, exist_ok=True)
     with (out / "corpus.jsonl").open("w") as f:
         for text in texts + recall:

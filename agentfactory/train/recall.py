@@ -51,7 +51,7 @@ def recall_documents(
             text, size = rng.choice(texts), rng.randint(0, gap)
             start = rng.randint(0, max(0, len(text) - size))
             between = text[start : start + size] + "\n"
-        if rng.random() < keyed:
+        if keyed and rng.random() < keyed:
             keys = rng.sample(words, len(values))
             note = ", ".join(f"{k} is {v}" for k, v in zip(keys, values, strict=True))
             order = rng.sample(range(len(values)), len(values))
