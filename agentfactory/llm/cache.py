@@ -50,9 +50,24 @@ class ResponseCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        self._setup(deadline=time.monotonic() + 60)
+
+    def _setup(self, deadline: float) -> None:
+        """WAL mode and the table. Two processes opening a new file at once can get "database is
+        locked" from the journal-mode switch straight away — sqlite does not call the busy handler
+        there — so it is retried until the connection's own timeout."""
+        delay = 0.01
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 0.5)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, list[Completion]]:
         out: dict[str, list[Completion]] = {}

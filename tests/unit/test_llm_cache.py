@@ -128,13 +128,38 @@ def _writer(path, start):
 def test_shared_by_processes(tmp_path):
     path = tmp_path / "c.sqlite"
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, s)) for s in (0, 50)]
+    procs = [ctx.Process(target=_writer, args=(path, s)) for s in (0, 50, 100, 150)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
     assert all(p.exitcode == 0 for p in procs)
     cache = ResponseCache(path)
-    assert len(cache) == 100
-    got = cache.get_many([f"k{i}" for i in range(0, 100, 7)])
-    assert {k: v[0].text for k, v in got.items()} == {f"k{i}": str(i) for i in range(0, 100, 7)}
+    assert len(cache) == 200
+    got = cache.get_many([f"k{i}" for i in range(0, 200, 7)])
+    assert {k: v[0].text for k, v in got.items()} == {f"k{i}": str(i) for i in range(0, 200, 7)}
+
+
+def test_open_retries_a_locked_journal_switch(tmp_path, monkeypatch):
+    """Two processes opening a new file at once: the WAL switch can fail "locked" with no busy wait."""
+    import sqlite3
+
+    real = sqlite3.connect
+    fails = {"left": 2}
+
+    class Flaky:
+        def __init__(self, db):
+            self.db = db
+
+        def execute(self, sql, *args):
+            if sql.startswith("PRAGMA journal_mode") and fails["left"]:
+                fails["left"] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: Flaky(real(*a, **k)))
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    assert fails["left"] == 0 and len(cache) == 0  # retried, then opened
