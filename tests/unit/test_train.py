@@ -223,6 +223,9 @@ def test_recall_curriculum_rows_copy_fresh_values_with_loss_on_the_repeat_only(c
     assert load_recall(data.model_copy(update={"seed": 1}), tok).fingerprint() != rows.fingerprint()
     cfg = _pretrain_config(corpus, tmp_path, data={"kind": "recall", "paths": [str(tmp_path / "c.jsonl")]})
     assert isinstance(cfg.data, RecallData) and cfg.data.items == (2, 10)
+    result = pretrain(cfg.model_copy(update={"data": data}))  # the trainer takes it end to end
+    assert result.steps == 6 and 0 < result.data.target_tokens < result.data.tokens / 2
+    assert result.final_loss is not None and result.final_loss == result.final_loss  # finite, not NaN
     with pytest.raises(ValueError, match="items: lower bound 5 is above upper bound 4"):
         _pretrain_config(corpus, tmp_path, data={"kind": "recall", "paths": ["x"], "items": [5, 4]})
     (tmp_path / "plain.txt").write_text("no values in here at all")
