@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 EXTRAS ?= vllm,dev
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-unit test-integration bench lint schema clean
+.PHONY: install demo test test-unit test-integration test-gpu bench bench-gpu lint schema clean
 
 install: $(STAMP)
 
@@ -31,17 +31,23 @@ demo: install
 	$(VENV)/bin/agentfactory run pipelines/quickstart.yaml
 
 test: install
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests/unit tests/gpu
 	$(PY) -m pytest -q tests/integration
 
 test-unit: install
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests/unit tests/gpu
 
 test-integration: install
 	$(PY) -m pytest -q tests/integration
 
+test-gpu: install
+	$(PY) -m pytest -q tests/gpu
+
 bench: install
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+bench-gpu: install
+	PYTHON=$(PY) bash bench/gpu.sh bench/results
 
 lint: install
 	$(VENV)/bin/ruff check agentfactory tests bench

@@ -84,12 +84,16 @@ class Router(nn.Module):
         return idx_TK, weight_TK * self.scaling, scores_TE
 
 
+# F.grouped_mm is the public name from torch 2.10 on; the CUDA images of late 2025 have only the private op.
+_grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
+
+
 # Grouped matmul as custom ops: torch.compile then treats them as opaque (the built-in fake kernel of
 # F.grouped_mm accepts only bf16), and the backward accepts non-contiguous grads (the CPU kernel does not).
 @torch.library.custom_op("agentfactory::grouped_mm", mutates_args=())
 def grouped_mm(x_MI: torch.Tensor, w_EIO: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
     """Rows offs[e-1]:offs[e] of x times w[e]: (M, I) x (E, I, O) -> (M, O)."""
-    return F.grouped_mm(x_MI, w_EIO, offs=offs_E)
+    return _grouped_mm(x_MI, w_EIO, offs=offs_E)
 
 
 @grouped_mm.register_fake
@@ -100,7 +104,7 @@ def _(x_MI, w_EIO, offs_E):
 @torch.library.custom_op("agentfactory::grouped_mm_wgrad", mutates_args=())
 def grouped_mm_wgrad(x_MI: torch.Tensor, grad_MO: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
     """Per group e: x[rows of e]ᵀ · grad[rows of e], i.e. the (E, I, O) weight gradient."""
-    return F.grouped_mm(x_MI.t(), grad_MO, offs=offs_E)
+    return _grouped_mm(x_MI.t(), grad_MO, offs=offs_E)
 
 
 @grouped_mm_wgrad.register_fake

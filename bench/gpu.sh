@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Everything that needs a CUDA GPU, in one go (GPU time is scarce): the CUDA tests against the CPU,
+# then the MFU benchmark (with transformers' DeepseekV3 as the baseline and a kernel profile) and the
+# same step with 4 micro-batches per optimizer step. Writes logs and JSON under OUT_DIR.
+#   bash bench/gpu.sh [OUT_DIR]        (PYTHON=python3 unless set; `make bench-gpu` uses the venv)
+set -u
+out=${1:-bench/results}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+$py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
+$py -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/test_gpu.log"
+$py bench/mfu.py --hf --profile --out "$out/mfu.json" 2>&1 | tee "$out/mfu.log"
+$py bench/mfu.py --accum 4 --steps 5 --out "$out/mfu_accum4.json" 2>&1 | tee -a "$out/mfu.log"
