@@ -13,3 +13,7 @@ $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 $py -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/test_gpu.log"
 $py bench/mfu.py --hf --profile --out "$out/mfu.json" 2>&1 | tee "$out/mfu.log"
 $py bench/mfu.py --accum 4 --steps 5 --out "$out/mfu_accum4.json" 2>&1 | tee -a "$out/mfu.log"
+# k2-mini's shape (8 routed experts top-2 + 1 shared, first layer dense) scaled up to fill the GPU
+$py bench/mfu.py --preset k2-mini --layers 8 --steps 5 --out "$out/mfu_k2mini_scaled.json" --set \
+  hidden_size=2048 intermediate_size=8192 moe_intermediate_size=2048 num_attention_heads=16 \
+  q_lora_rank=1024 qk_nope_head_dim=128 v_head_dim=128 2>&1 | tee -a "$out/mfu.log"

@@ -9,12 +9,13 @@ The same step with AdamW in place of MuonClip runs in the same process as the ba
 adds transformers' DeepseekV3ForCausalLM with the same weights and AdamW (the model-step baseline of
 bench/model_step.py, on the GPU). `--accum N` runs N micro-batches per optimizer step, as real
 training does (K2 steps on millions of tokens), so the optimizer's share shrinks as it would there.
-`--profile` writes the top GPU kernels of one MuonClip step next to the JSON.
+`--profile` writes the top GPU kernels of one step of each next to the JSON.
 
 On a machine without CUDA it prints a notice and exits 0 (`make bench` skips it); `--device cpu
 --peak-tflops X` runs the same code on the CPU (what the unit test does, at toy size).
 
     python bench/mfu.py [--layers 4] [--batch 8] [--seq 2048] [--steps 10] [--accum 1] [--hf] [--profile]
+    python bench/mfu.py --preset k2-mini --layers 8 --set hidden_size=2048 ...   # k2-mini's shape, scaled
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 RESULTS = Path(__file__).parent / "results" / "mfu.json"
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
@@ -111,6 +113,7 @@ def optimizer_step(name: str, model) -> Callable[[], object]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="moonlight-16b-a3b", help="the layer shape")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="K2Config overrides")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vocab", type=int, default=32768)
     p.add_argument("--batch", type=int, default=8)
@@ -119,7 +122,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--hf", action="store_true", help="also time transformers' DeepseekV3 (AdamW)")
-    p.add_argument("--profile", action="store_true", help="write the top kernels of one MuonClip step")
+    p.add_argument("--profile", action="store_true", help="write the top kernels of one step of each")
     p.add_argument("--device", default="cuda")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -144,6 +147,7 @@ def main() -> None:
         first_k_dense_replace=dense,
         vocab_size=args.vocab,
         **special,
+        **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)},
     )
     torch.manual_seed(0)
     with device:
@@ -154,8 +158,8 @@ def main() -> None:
     for name in ("muonclip", "adamw"):  # one optimizer's state in memory at a time
         step = optimizer_step(name, model)
         runs[name] = time_steps(model, step, ids, args.steps, args.warmup, args.accum)
-        if name == "muonclip" and args.profile:
-            profile_step(model, step, ids, args.accum, args.out.with_suffix(".profile.txt"))
+        if args.profile:
+            profile_step(model, step, ids, args.accum, args.out.with_suffix(f".profile.{name}.txt"))
         del step
     experts_impl = None
     if args.hf:
