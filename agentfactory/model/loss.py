@@ -15,13 +15,19 @@ from __future__ import annotations
 import torch
 
 CHUNK_ELEMENTS = 1 << 20  # rows per chunk × V: 4 MiB of fp32 temporaries, cache-sized (faster than larger)
+CHUNK_ELEMENTS_GPU = 1 << 28  # 1 GiB: on a GPU small chunks leave it idle, waiting for their launches
+
+
+def _chunk_rows(logits_NV: torch.Tensor) -> int:
+    budget = CHUNK_ELEMENTS if logits_NV.device.type == "cpu" else CHUNK_ELEMENTS_GPU
+    return max(1, budget // logits_NV.shape[1])
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits_NV: torch.Tensor, targets_N: torch.Tensor, ignore_index: int) -> torch.Tensor:
-        N, V = logits_NV.shape
-        rows = max(1, CHUNK_ELEMENTS // V)
+        N = logits_NV.shape[0]
+        rows = _chunk_rows(logits_NV)
         lse_N = torch.empty(N, dtype=torch.float32, device=logits_NV.device)
         for s in range(0, N, rows):
             lse_N[s : s + rows] = torch.logsumexp(logits_NV[s : s + rows].float(), dim=-1)
@@ -36,8 +42,8 @@ class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         logits_NV, safe_N, valid_N, lse_N, n_valid = ctx.saved_tensors
-        N, V = logits_NV.shape
-        rows = max(1, CHUNK_ELEMENTS // V)
+        N = logits_NV.shape[0]
+        rows = _chunk_rows(logits_NV)
         grad_NV = torch.empty_like(logits_NV)
         # d loss / d logits = (softmax − onehot(target)) · grad / n_valid, zero on ignored rows.
         row_scale_N = torch.where(valid_N, grad_loss.float() / n_valid, 0.0)
