@@ -123,6 +123,9 @@ def main() -> None:
     p.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--hf", action="store_true", help="also time transformers' DeepseekV3 (AdamW)")
     p.add_argument("--profile", action="store_true", help="write the top kernels of one step of each")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile each decoder layer (fuses the elementwise)"
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -154,6 +157,9 @@ def main() -> None:
         model = K2ForCausalLM(config).train()
         ids = torch.randint(0, args.vocab, (args.batch, args.seq))
     model.set_track_max_logits(True)
+    if args.compile:  # per layer, as torchtitan does: identical layers share one compiled graph
+        for layer in model.layers:
+            layer.compile()
     runs = {}
     for name in ("muonclip", "adamw"):  # one optimizer's state in memory at a time
         step = optimizer_step(name, model)
