@@ -157,9 +157,8 @@ def main() -> None:
         model = K2ForCausalLM(config).train()
         ids = torch.randint(0, args.vocab, (args.batch, args.seq))
     model.set_track_max_logits(True)
-    if args.compile:  # per layer, as torchtitan does: identical layers share one compiled graph
-        for layer in model.layers:
-            layer.compile()
+    if args.compile:
+        model.compile_layers()
     runs = {}
     for name in ("muonclip", "adamw"):  # one optimizer's state in memory at a time
         step = optimizer_step(name, model)

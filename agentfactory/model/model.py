@@ -146,6 +146,13 @@ class K2ForCausalLM(nn.Module):
         """Aux-loss-free bias step from the loads since the last call (see moe.update_router_bias)."""
         return update_router_bias(self, gamma)
 
+    def compile_layers(self) -> None:
+        """torch.compile each decoder layer in place (as torchtitan does): the dense and the MoE layer
+        compile once each and the rest reuse their graphs; the loss stays eager. On a GPU this fuses
+        the elementwise work around the matmuls (bench/mfu.py on an H200: +21% tokens/s)."""
+        for layer in self.layers:
+            layer.compile()
+
     def set_track_max_logits(self, enabled: bool = True) -> None:
         """Record per-head max pre-softmax logits in every MLA layer (for QK-Clip); resets them."""
         for layer in self.layers:

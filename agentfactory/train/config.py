@@ -187,6 +187,10 @@ class TrainConfig(StrictModel):
         "float32", description="compute dtype (bfloat16 = autocast; weights and optimizer stay fp32)"
     )
     grad_clip: PositiveFloat | None = Field(1.0, description="clip the global grad norm; None = off")
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer (GPU: +21% tokens/s; costs a minute of compiling)",
+    )
     seed: int = Field(0, description="seeds the init and the data order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
     threads: PositiveInt | None = Field(None, description="torch CPU threads per process; None = default")

@@ -121,6 +121,8 @@ class Trainer:
             raise ValueError(f"parallel.ep ({par.ep}) must divide the number of processes ({d.world})")
         self.model = build_model(config, tokenizer, d.device)
         self.model.gradient_checkpointing = par.activation_checkpointing
+        if config.compile:
+            self.model.compile_layers()
         self.model.train()
         self.model.set_track_max_logits(True)
         self.experts = dist_utils.shard_model(self.model, d, par.ep) if d.enabled else None

@@ -401,3 +401,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, mon
 def test_bad_batch_split_is_a_config_error(corpus, tmp_path):
     with pytest.raises(ValueError, match="multiple of micro_batch_size"):
         _pretrain_config(corpus, tmp_path, batch_size=6, micro_batch_size=4)
+
+
+def test_compiled_layers_train_like_eager(corpus, tmp_path):
+    eager = pretrain(_pretrain_config(corpus, tmp_path / "eager", steps=3))
+    compiled = pretrain(_pretrain_config(corpus, tmp_path / "compiled", steps=3, compile=True))
+    assert _losses(compiled.metrics_path) == pytest.approx(_losses(eager.metrics_path), rel=1e-4)
