@@ -81,6 +81,9 @@ class Message(StrictModel):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    weight: Literal[0, 1] | None = Field(
+        None, description="assistant turns: 0 = context, not trained on (OpenAI fine-tuning's `weight`)"
+    )
 
     @field_validator("tool_calls")
     @classmethod
@@ -98,6 +101,8 @@ class Message(StrictModel):
             out["name"] = self.name
         if self.role in ("system", "user"):
             out["content"] = self.content or ""
+        if self.weight is not None and self.role == "assistant":
+            out["weight"] = self.weight
         return out
 
     @classmethod
@@ -112,6 +117,7 @@ class Message(StrictModel):
             tool_calls=calls or None,
             tool_call_id=msg.get("tool_call_id"),
             name=msg.get("name") if msg["role"] != "tool" else None,
+            weight=msg.get("weight"),
         )
 
 

@@ -135,7 +135,8 @@ def render_segments(
     tools: Sequence[Mapping[str, Any]] | None = None,
     add_generation_prompt: bool = False,
 ) -> list[Segment]:
-    """The rendering as segments; assistant bodies (with their `<|im_end|>`) are the trainable ones."""
+    """The rendering as segments; assistant bodies (with their `<|im_end|>`) are the trainable ones,
+    unless the message says `"weight": 0` (a turn kept as context only, as in OpenAI fine-tuning)."""
     segments = []
     if tools:
         tools_json = json.dumps(list(tools), ensure_ascii=False, separators=(",", ":"))
@@ -146,7 +147,8 @@ def render_segments(
         header = f"{opener}{message.get('name') or role}{IM_MIDDLE}"
         if role == "assistant":
             segments.append(Segment(header))
-            segments.append(Segment(_assistant_body(message) + IM_END, trainable=True))
+            trainable = message.get("weight", 1) != 0
+            segments.append(Segment(_assistant_body(message) + IM_END, trainable=trainable))
         elif role == "tool":
             body = f"## Return of {_result_ref(messages, i)}\n{_content_text(message.get('content'))}"
             segments.append(Segment(header + body + IM_END))

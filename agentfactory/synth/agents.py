@@ -160,9 +160,19 @@ class Agent(Protocol):
 
 
 class OracleAgent:
-    """Follows the task's blueprint: asks for the facts it needs, makes the calls, states the answer."""
+    """Follows the task's blueprint: asks for the facts it needs, makes the calls, states the answer.
+
+    With `slip` > 0, that share of episodes shows a recovery: the first call that uses a value the
+    user stated is made once with the value mistyped (a digit or two letters swapped), the tool's
+    error comes back, and the correct call follows. The mistyped turn has weight 0 (context, not a
+    target): SFT learns to recover from a failed lookup, not to mistype. A slipped call that does not
+    fail (a write that went through) leaves the wrong world state, and the judge rejects the episode.
+    """
 
     name = "oracle"
+
+    def __init__(self, slip: float = 0.0):
+        self.slip = slip
 
     def act(self, episodes: Sequence[Any]) -> list[AgentTurn]:
         return [self._act(ep) for ep in episodes]
@@ -178,14 +188,17 @@ class OracleAgent:
             return AgentTurn(
                 Message(role="assistant", content=f"I can help with that. Could you tell me your {names}?")
             )
-        last = ep.messages[-1]
-        if last.role == "tool" and "try again" in (last.content or "") and ep.retries < 2:
+        last, before = ep.messages[-1], ep.messages[-2] if len(ep.messages) > 1 else None
+        after_slip = before is not None and before.weight == 0
+        if last.role == "tool" and "try again" in (last.content or "") and ep.retries < 2 and not after_slip:
             ep.retries += 1  # a transient fault: retry the same call, as a careful agent would
             ep.cursor -= 1
         if ep.cursor < len(calls):
             step = calls[ep.cursor]
-            ep.cursor += 1
             call = ToolCall(id=f"functions.{step.tool}:0", name=step.tool, arguments=step.args)
+            if self.slip and not ep.slipped and (slipped := self._mistyped(call, task, ep)) is not None:
+                return AgentTurn(Message(role="assistant", content="", tool_calls=[slipped], weight=0))
+            ep.cursor += 1
             return AgentTurn(Message(role="assistant", content="", tool_calls=[call]))
         facts = "; ".join(task.blueprint.answer_facts) if task.blueprint else ""
         opener = {
@@ -193,6 +206,41 @@ class OracleAgent:
             "impossible": "I'm sorry, I couldn't complete that",
         }.get(task.kind, "All done")
         return AgentTurn(Message(role="assistant", content=f"{opener}: {facts}." if facts else f"{opener}."))
+
+    def _mistyped(self, call: ToolCall, task: Task, ep: Any) -> ToolCall | None:
+        """`call` with its first user-stated string argument mistyped, for `slip` of the episodes
+        (decided at the first call that has one); None otherwise."""
+        said = {str(v) for v in task.user_facts.values()}
+        keys = [k for k, v in call.arguments.items() if isinstance(v, str) and v in said]
+        if not keys:
+            return None
+        ep.slipped = True  # decided once per episode, whichever way
+        if ep.rng.random() >= self.slip:
+            return None
+        value = call.arguments[keys[0]]
+        wrong = mistype(value, ep.rng)
+        return (
+            None
+            if wrong == value
+            else call.model_copy(update={"arguments": {**call.arguments, keys[0]: wrong}})
+        )
+
+
+def mistype(value: str, rng: random.Random) -> str:
+    """A typo a reader makes: one digit changed, else two adjacent letters swapped."""
+    digits = [i for i, ch in enumerate(value) if ch.isdigit()]
+    if digits:
+        i = rng.choice(digits)
+        return value[:i] + rng.choice([d for d in "0123456789" if d != value[i]]) + value[i + 1 :]
+    pairs = [
+        i
+        for i in range(len(value) - 1)
+        if value[i].isalpha() and value[i + 1].isalpha() and value[i] != value[i + 1]
+    ]
+    if not pairs:
+        return value
+    i = rng.choice(pairs)
+    return value[:i] + value[i + 1] + value[i] + value[i + 2 :]
 
 
 class PolicyAgent:

@@ -20,6 +20,11 @@ from agentfactory.synth.toolexec import ToolExecConfig
 class AgentRole(StrictModel):
     kind: Literal["oracle", "policy"] = "oracle"
     engine: EngineConfig | None = None
+    slip: float = Field(
+        0.0, ge=0, le=1,
+        description="oracle: share of episodes with one mistyped call, its tool error, then the right "
+        "call (recovery data; the mistyped turn is not trained on)",
+    )  # fmt: skip
     sampling: SamplingParams = Field(
         default_factory=lambda: SamplingParams(temperature=0.7, max_tokens=256, logprobs=True)
     )

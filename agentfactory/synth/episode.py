@@ -42,6 +42,7 @@ class EpisodeState:
     attempt: int = 0
     cursor: int = 0  # the oracle's position in the blueprint
     retries: int = 0  # the oracle's retries after transient tool faults
+    slipped: bool = False  # the oracle has made its one mistyped call (OracleAgent.slip)
     assistant_turns: int = 0
     tool_calls: int = 0
     status: RolloutStatus | None = None

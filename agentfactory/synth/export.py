@@ -18,7 +18,7 @@ from typing import Any
 from agentfactory.records import Trajectory
 from agentfactory.synth.render import trajectory_html
 
-MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", "weight")
 
 
 def _message_row(m: dict) -> dict:

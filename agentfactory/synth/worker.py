@@ -45,7 +45,7 @@ class EpisodeWorker:
         self.tasks = {t.id: t for t in tasks}
         self.domains = {name: load_domain(Path(p)) for name, p in domain_paths.items()}
         self._engines: dict[str, Engine] = {}
-        self.agent: Agent = OracleAgent()
+        self.agent: Agent = OracleAgent(config.agent.slip)
         if config.agent.kind == "policy":  # token-in-token-out when the engine takes ids (vLLM)
             engine = self._engine(config.agent.engine)
             self.agent = PolicyAgent(engine, config.agent.sampling, engine_tokenizer(engine))

@@ -416,3 +416,61 @@ def test_pretraining_corpus_is_plain_text_with_recall_documents():
     assert reordered > 10
     mixed = recall_documents(texts, 200, random.Random(2), keyed=0.5)
     assert 60 < sum(d.rstrip(".").endswith("}") for d in mixed) < 140
+
+
+def test_oracle_slips_then_recovers_and_the_slip_is_not_a_target(tmp_path):
+    from agentfactory.model import encode_with_mask, load_tokenizer, train_tokenizer
+
+    cfg = small(agent={"kind": "oracle", "slip": 1.0})
+    summary = run_synth(cfg, tmp_path / "out", use_ray=False)
+    records = list(ShardStore(tmp_path / "out", cfg.fingerprint()).records())
+    assert summary["accepted"] >= 0.8 * summary["tasks"]  # a slipped write that went through is rejected
+    slipped = 0
+    for rec in records:
+        weights = [m.weight for m in rec.messages if m.role == "assistant"]
+        assert weights.count(0) <= 1
+        if 0 not in weights:
+            continue
+        slipped += 1
+        i = next(i for i, m in enumerate(rec.messages) if m.weight == 0)
+        wrong, result, right = rec.messages[i : i + 3]
+        assert result.role == "tool" and result.content.startswith("Error")
+        assert right.role == "assistant" and right.weight is None and right.tool_calls
+        (w,), (r,) = wrong.tool_calls, right.tool_calls
+        assert w.name == r.name and w.arguments != r.arguments
+        changed = [k for k in r.arguments if w.arguments[k] != r.arguments[k]]
+        assert len(changed) == 1 and str(r.arguments[changed[0]]) in rec.messages[1].content + "".join(
+            m.content or "" for m in rec.messages if m.role == "user"
+        )  # the right value is the one the user said
+    assert slipped >= 0.6 * len(records)
+
+    export_dataset(records, tmp_path / "ds")
+    rows = datasets.Dataset.from_parquet(str(tmp_path / "ds" / "data.parquet"))
+    exported = [m.get("weight") for row in rows for m in row["messages"] if m["role"] == "assistant"]
+    assert exported.count(0) >= 0.6 * len(rows)  # the export keeps the weights (OpenAI fine-tuning's)
+    rec = next(r for r in records if any(m.weight == 0 for m in r.messages))
+    messages = [m.to_openai() for m in rec.messages]
+    assert [m.get("weight") for m in messages if m["role"] == "assistant"].count(0) == 1
+    text = "\n".join(m.get("content") or "" for m in messages) * 3
+    train_tokenizer([text], 400, tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    ids, mask = encode_with_mask(tok, messages)
+    unweighted = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    ids_all, mask_all = encode_with_mask(tok, unweighted)
+    assert ids == ids_all  # the weight changes the targets, never the text
+    assert 0 < sum(mask) < sum(mask_all)
+
+
+def test_mistype_changes_one_digit_or_swaps_two_letters():
+    from agentfactory.synth.agents import mistype
+
+    rng = random.Random(0)
+    for value in ("ORD-1042", "william84@example.org", "Thomas.Garcia", "ab"):
+        wrong = mistype(value, rng)
+        assert wrong != value and len(wrong) == len(value)
+        diff = [i for i, (a, b) in enumerate(zip(value, wrong, strict=True)) if a != b]
+        if any(ch.isdigit() for ch in value):
+            assert len(diff) == 1 and wrong[diff[0]].isdigit()
+        else:
+            assert len(diff) == 2 and diff[1] == diff[0] + 1 and sorted(wrong) == sorted(value)
+    assert mistype("aa", rng) == "aa" and mistype("--", rng) == "--"  # nothing to mistype
