@@ -112,6 +112,7 @@ class RLConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="trainer device; auto = cuda when available"
     )
+    compile: bool = Field(False, description="torch.compile each decoder layer of the trainer's model")
     seed: int = 0
     threads: PositiveInt | None = Field(None, description="torch CPU threads; None = default")
     output_dir: str = Field("runs/rl", description="metrics.jsonl, checkpoint/, model/, summary.json")

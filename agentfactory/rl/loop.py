@@ -88,6 +88,8 @@ class RLLoop:
         self.model = K2ForCausalLM.from_pretrained(config.model, device=self.device)
         self.model.train()
         self.model.set_track_max_logits(True)
+        if config.compile:
+            self.model.compile_layers()
         self.opt = build_optimizer(self.model, config.optimizer)
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16))
