@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agentfactory.devices import chunk_elements
 from agentfactory.model.config import K2Config
 
 
@@ -153,11 +154,10 @@ class MLA(nn.Module):
         """Fold max over causal (i ≥ j) pairs of scale·q_i·k_j, per head, into `max_logits`.
 
         Query rows go in blocks against only the keys they can see (half the work of the full T×T
-        product), each block's fp32 scores bounded to ~64 MiB on a CPU and 512 MiB on a GPU (where
-        many small blocks would leave it waiting on their launches).
+        product), each block's fp32 scores bounded to ~64 MiB on a CPU and 512 MiB on a GPU.
         """
         B, H, T, _ = q_BHTK.shape
-        budget = 1 << (24 if q_BHTK.device.type == "cpu" else 27)
+        budget = chunk_elements(q_BHTK.device, 1 << 24, 1 << 27)
         rows = max(16, budget // (B * H * T))
         pos_T = torch.arange(T, device=q_BHTK.device)
         best_H = torch.full((H,), float("-inf"), device=q_BHTK.device)

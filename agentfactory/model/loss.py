@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import torch
 
+from agentfactory.devices import chunk_elements
+
 CHUNK_ELEMENTS = 1 << 20  # rows per chunk × V: 4 MiB of fp32 temporaries, cache-sized (faster than larger)
-CHUNK_ELEMENTS_GPU = 1 << 28  # 1 GiB: on a GPU small chunks leave it idle, waiting for their launches
+CHUNK_ELEMENTS_GPU = 1 << 28  # 1 GiB of fp32 (agentfactory.devices says why)
 
 
 def _chunk_rows(logits_NV: torch.Tensor) -> int:
-    budget = CHUNK_ELEMENTS if logits_NV.device.type == "cpu" else CHUNK_ELEMENTS_GPU
+    budget = chunk_elements(logits_NV.device, CHUNK_ELEMENTS, CHUNK_ELEMENTS_GPU)
     return max(1, budget // logits_NV.shape[1])
 
 

@@ -32,16 +32,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from agentfactory.devices import chunk_elements
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic: steepest slope at 0
 EPS = 1e-7
 NS_CHUNK_ELEMENTS = 1 << 20  # per batched NS call (whole matrices, ≥ 1): 2 MiB of bf16 stays in cache
-# On a GPU a launch costs more than a trip to memory: one bmm chain for ~100 expert matrices, not one
-# chain each (bench/mfu.py on an H200: the per-matrix chains made the Muon step launch-bound).
-NS_CHUNK_ELEMENTS_GPU = 1 << 28
-
-
-def _chunk_elements(device: torch.device) -> int:
-    return NS_CHUNK_ELEMENTS if device.type == "cpu" else NS_CHUNK_ELEMENTS_GPU
+NS_CHUNK_ELEMENTS_GPU = 1 << 28  # ~100 expert matrices per bmm chain (agentfactory.devices says why)
 
 
 # ---------------------------------------------------------------------------------------- pure math
@@ -227,7 +223,7 @@ class _Updates:
             return torch.lerp(grad, buf, self.momentum, out=out)
         tmp = self.scratch
         if tmp is None or tmp.numel() < grad.numel() or (tmp.dtype, tmp.device) != (grad.dtype, grad.device):
-            self.scratch = tmp = grad.new_empty(max(grad.numel(), _chunk_elements(grad.device)))  # a slot
+            self.scratch = tmp = grad.new_empty(max(grad.numel(), NS_CHUNK_ELEMENTS))  # a slot's size
         tmp = tmp[: grad.numel()].view(grad.shape)
         return out.copy_(torch.lerp(grad, buf, self.momentum, out=tmp))
 
@@ -250,7 +246,9 @@ def _ns_and_apply(
     weights. On a GPU chunks are 256× larger: there the cost is launches, not cache.
     """
     counts = [updates.grads[i].shape[0] if updates.grads[i].ndim == 3 else 1 for i in idx]
-    size = min(sum(counts), max(1, _chunk_elements(device) // (A * B)))
+    size = min(
+        sum(counts), max(1, chunk_elements(device, NS_CHUNK_ELEMENTS, NS_CHUNK_ELEMENTS_GPU) // (A * B))
+    )
     X = torch.empty(size, A, B, dtype=ns["dtype"], device=device)
     Y, gram, poly = torch.empty_like(X), X.new_empty(size, A, A), X.new_empty(size, A, A)
     pending: list[
