@@ -22,6 +22,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from agentfactory.config import StrictModel
+from agentfactory.devices import resolve_dtype
 from agentfactory.optim.muon import Muon
 from agentfactory.optim.qk_clip import qk_clip
 
@@ -37,7 +38,10 @@ class OptimizerConfig(StrictModel):
     momentum: float = Field(0.95, ge=0, lt=1, description="Muon momentum μ")
     nesterov: bool = Field(True, description="Nesterov momentum for Muon")
     ns_steps: PositiveInt = Field(5, description="Newton–Schulz iterations")
-    ns_dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Newton–Schulz precision")
+    ns_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto",
+        description="Newton–Schulz precision; auto: bfloat16 (as K2) where the device runs it natively",
+    )
     adamw_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW (β1, β2)")
     adamw_eps: PositiveFloat = Field(1e-8, description="AdamW ε")
     qk_clip_tau: PositiveFloat | None = Field(
@@ -112,6 +116,11 @@ class OptimizerPair:
         self.adamw.load_state_dict(state["adamw"])
 
 
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def build_optimizer(model: nn.Module, config: OptimizerConfig | None = None) -> OptimizerPair:
     """The Muon + AdamW pair for `model` (groups from `param_groups`), with QK-Clip at config.qk_clip_tau."""
     config = config or OptimizerConfig()
@@ -124,7 +133,7 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig | None = None) -> 
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
         ns_steps=config.ns_steps,
-        ns_dtype=config.ns_dtype,
+        ns_dtype=resolve_dtype(config.ns_dtype, _device(model)),
     )
     adamw = torch.optim.AdamW(
         [

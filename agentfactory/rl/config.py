@@ -108,7 +108,9 @@ class RLConfig(StrictModel):
     ptx_batch_size: PositiveInt = Field(8, description="SFT conversations per iteration")
     critic: CriticSpec = Field(default_factory=CriticSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="trainer compute dtype (autocast)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32", description="trainer compute dtype (autocast); auto: bfloat16 where native, else float32"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="trainer device; auto = cuda when available"
     )

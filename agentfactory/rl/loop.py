@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from agentfactory.devices import resolve_dtype
 from agentfactory.llm.base import Engine, SamplingParams
 from agentfactory.rl.batch import TrainRow, critic_row, policy_update, reward_metrics
 from agentfactory.rl.buffer import PartialRolloutBuffer, Rollout
@@ -93,7 +94,7 @@ class RLLoop:
         self.opt = build_optimizer(self.model, config.optimizer)
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16))
-            if config.dtype == "bfloat16"
+            if resolve_dtype(config.dtype, self.device) == "bfloat16"
             else None
         )
         self.owns_engine = engine is None

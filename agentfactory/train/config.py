@@ -183,8 +183,10 @@ class TrainConfig(StrictModel):
         8, description="sequences per forward pass on one process; the rest is gradient accumulation"
     )
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="compute dtype (bfloat16 = autocast; weights and optimizer stay fp32)"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32",
+        description="compute dtype (bfloat16 = autocast; weights and optimizer stay fp32); "
+        "auto: bfloat16 where the device runs it natively, else float32",
     )
     grad_clip: PositiveFloat | None = Field(1.0, description="clip the global grad norm; None = off")
     compile: bool = Field(

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from agentfactory.config import writable_dir
+from agentfactory.devices import resolve_dtype
 from agentfactory.model import K2Config, K2ForCausalLM, expert_parallel, load_tokenizer, update_router_bias
 from agentfactory.model.moe import MoE
 from agentfactory.optim import build_optimizer
@@ -129,7 +130,7 @@ class Trainer:
         self.opt = build_optimizer(self.model, config.optimizer)
         self.autocast = (
             torch.autocast(d.device.type, dtype=torch.bfloat16)
-            if config.dtype == "bfloat16"
+            if resolve_dtype(config.dtype, d.device) == "bfloat16"
             else nullcontext()
         )
         self.state = TrainerState(data_fingerprint=dataset.fingerprint())

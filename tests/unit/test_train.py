@@ -407,3 +407,17 @@ def test_compiled_layers_train_like_eager(corpus, tmp_path):
     eager = pretrain(_pretrain_config(corpus, tmp_path / "eager", steps=3))
     compiled = pretrain(_pretrain_config(corpus, tmp_path / "compiled", steps=3, compile=True))
     assert _losses(compiled.metrics_path) == pytest.approx(_losses(eager.metrics_path), rel=1e-4)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_dtype_auto_is_bfloat16_only_where_it_is_native(corpus, tmp_path, monkeypatch, fast):
+    """`dtype: auto` trains exactly as float32 on a CPU without native bf16 (where bf16 runs ~20×
+    slower) and as bfloat16 where it is native; Newton–Schulz's `auto` follows the same rule."""
+    from agentfactory import devices
+
+    monkeypatch.setattr(devices, "fast_bfloat16", lambda device_type: fast)
+    want = "bfloat16" if fast else "float32"
+    opt = {"lr": 0.02, "adamw_lr": 3e-3, "ns_dtype": want}
+    ref = pretrain(_pretrain_config(corpus, tmp_path / "ref", dtype=want, steps=3, optimizer=opt))
+    auto = pretrain(_pretrain_config(corpus, tmp_path / "auto", dtype="auto", steps=3))
+    assert _losses(auto.metrics_path) == _losses(ref.metrics_path)

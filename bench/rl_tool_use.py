@@ -1,0 +1,187 @@
+"""Does RL on ToolUseEnv raise held-out tool-use success? A longer run than the quickstart's RL stage.
+
+  1. start from an SFT checkpoint (default: the quickstart's, `runs/quickstart/sft/model`);
+  2. colocated RL on multi-turn tool-use episodes only (rubric reward: the task's weighted share
+     of programmatic checks), on worlds that neither SFT (100..129), the corpus (1000+) nor the
+     held-out set (0..99) contain — so a high reward needs the values of *this* conversation,
+     not memorized ones — for `--rl-minutes` of wall time;
+  3. every `--eval-every` iterations the engine, already holding the pushed weights, plays the
+     held-out tasks greedily (the quickstart's eval: worlds 0..N-1, compact prompts); evaluation
+     time is excluded from the RL time budget.
+
+Writes `<out>/rl_tool_use.json` (held-out curve, train reward, start/best/final success) and
+`<out>/rl_tool_use.png`.
+
+    python bench/rl_tool_use.py [--model runs/quickstart/sft/model] [--rl-minutes 20] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+DOMAINS = [
+    "airline_reservations",
+    "bank_accounts",
+    "calendar_meetings",
+    "ci_deployments",
+    "clinic_appointments",
+    "course_enrollment",
+    "retail_orders",
+    "smart_home",
+    "support_tickets",
+]
+
+
+class TimeUp(Exception):
+    pass
+
+
+def heldout_success(engine, config) -> dict:
+    from agentfactory.eval.heldout import evaluate_engine
+
+    s = evaluate_engine(engine, config)
+    return {
+        "success": s["success"],
+        "tasks": s["tasks"],
+        "rate": s["success_rate"],
+        "reasons": s["failure_reasons"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=Path("runs/quickstart/sft/model"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--work", type=Path, default=None, help="RL output dir (default: a temp dir)")
+    ap.add_argument("--rl-minutes", type=float, default=20.0)
+    ap.add_argument("--worlds", default="200:264", help="RL world seeds, start:stop")
+    ap.add_argument("--eval-worlds", type=int, default=2, help="held-out worlds 0..N-1")
+    ap.add_argument("--eval-tasks", type=int, default=96)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=5e-4, help="RL Muon lr (AdamW groups: lr/5)")
+    ap.add_argument("--temperature", type=float, nargs=2, default=(1.0, 0.7), metavar=("START", "END"))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    if not (args.model / "config.json").exists():
+        print(f"skipped: no checkpoint at {args.model} (run `make demo` first, or pass --model)")
+        return
+
+    import torch
+
+    from agentfactory.eval.heldout import EvalConfig
+    from agentfactory.llm import VLLMEngine
+    from agentfactory.rl.config import EnvSpec, RLConfig
+    from agentfactory.rl.loop import rl_run
+
+    torch.set_num_threads(args.threads)
+    start, stop = (int(x) for x in args.worlds.split(":"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="af-rl-tool-use-"))
+    agents = {"prompt": "compact", "cross_domain": 0}
+    eval_cfg = EvalConfig(worlds=args.eval_worlds, max_tasks=args.eval_tasks, agents=agents)
+
+    engine = VLLMEngine(args.model, kv_cache_memory_bytes=256 << 20, max_model_len=4096, enforce_eager=True)
+    t = time.perf_counter()
+    curve = [{"iteration": 0, "rl_seconds": 0.0, **heldout_success(engine, eval_cfg)}]
+    print(
+        f"SFT: held-out {curve[0]['success']}/{curve[0]['tasks']} ({time.perf_counter() - t:.0f} s)",
+        flush=True,
+    )
+    env = {"domains": DOMAINS, "world_seeds": list(range(start, stop)), "agents": agents}
+    rl_cfg = RLConfig(
+        model=str(args.model),
+        envs=[EnvSpec(kind="tool_use", config=env)],
+        iterations=10_000,
+        prompts_per_iteration=args.prompts,
+        samples_per_prompt=args.samples,
+        temperature={"start": args.temperature[0], "end": args.temperature[1], "steps": 30},
+        optimizer={"lr": args.lr, "adamw_lr": args.lr / 5, "weight_decay": 0.0},
+        critic={"enabled": False},
+        output_dir=str(work),
+        checkpoint_every=0,
+        save_model=False,
+        progress=False,
+        threads=args.threads,
+    )
+    clock = {"eval": 0.0, "t0": time.perf_counter()}
+    rewards: list[dict] = []
+
+    def on_iteration(loop, row) -> None:
+        rl_s = time.perf_counter() - clock["t0"] - clock["eval"]
+        rewards.append(
+            {
+                "iteration": row["iteration"],
+                "rl_seconds": rl_s,
+                "reward": row.get("reward/tool_use"),
+                "correct": row.get("metric/correct"),
+            }
+        )
+        done = rl_s >= args.rl_minutes * 60
+        if row["iteration"] % args.eval_every == 0 or done:
+            t = time.perf_counter()
+            point = heldout_success(loop.engine, eval_cfg)
+            clock["eval"] += time.perf_counter() - t
+            curve.append({"iteration": row["iteration"], "rl_seconds": rl_s, **point})
+            print(
+                f"iter {row['iteration']:4d}  {rl_s:6.0f} s  train reward {row.get('reward/tool_use', 0):.3f}"
+                f"  held-out {point['success']}/{point['tasks']}",
+                flush=True,
+            )
+        if done:
+            raise TimeUp
+
+    try:
+        rl_run(rl_cfg, engine=engine, on_iteration=on_iteration)
+    except TimeUp:
+        pass
+    finally:
+        engine.close()
+    first, last = curve[0], curve[-1]
+    result = {
+        "model": str(args.model),
+        "rl_seconds": last["rl_seconds"],
+        "rl_iterations": last["iteration"],
+        "start_success": first["success"],
+        "final_success": last["success"],
+        "best_success": max(c["success"] for c in curve),
+        "tasks": first["tasks"],
+        "gain_points": 100 * (last["rate"] - first["rate"]),
+        "curve": curve,
+        "train_reward": rewards,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "work"},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rl_tool_use.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out / "rl_tool_use.png")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "train_reward")}, indent=2))
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    c = result["curve"]
+    ax.plot(
+        [p["rl_seconds"] / 60 for p in c], [p["rate"] for p in c], "o-", label="held-out success (greedy)"
+    )
+    for key, label in (("reward", "train reward (rubric share)"), ("correct", "train success (sampled)")):
+        r = [p for p in result["train_reward"] if p[key] is not None]
+        ax.plot([p["rl_seconds"] / 60 for p in r], [p[key] for p in r], alpha=0.5, label=label)
+    ax.set_xlabel("RL wall time (min, 2 CPU cores)")
+    ax.set_ylabel("rate")
+    ax.set_title(f"RL on ToolUseEnv: {result['gain_points']:+.1f} points held-out")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
