@@ -77,7 +77,9 @@ def main() -> None:
     p.add_argument("--preset", default="k2-mini")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    p.add_argument(
+        "--precision", nargs="+", default=None, choices=PRECISIONS, help="default: both where bf16 is native"
+    )
     p.add_argument("--threads", type=int, default=0, help="0 = torch's default for this machine")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -88,8 +90,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from agentfactory.devices import fast_bfloat16
     from agentfactory.model import K2Config, K2ForCausalLM, count_params
 
+    if args.precision is None:  # bf16 autocast without native kernels crawls (agentfactory.devices)
+        args.precision = list(PRECISIONS) if fast_bfloat16("cpu") else ["float32"]
     threads = args.threads or torch.get_num_threads()
     config = K2Config.preset(args.preset)
     cfg = {"batch": args.batch, "seq": args.seq, "threads": threads}

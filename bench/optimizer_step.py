@@ -8,7 +8,7 @@
    AdamW's ~15 (memory-bound, ~2 ns per weight here), so even at full matmul speed NS alone takes
    several AdamW steps and the optimizer-step goal of 1.3× is out of reach (the JSON says by how much).
 2. Whole training step (forward + backward + optimizer) on one batch, in float32 and in bfloat16
-   autocast: MuonClip with max-logit tracking vs plain AdamW without; the ratio is what training
+   autocast where the CPU runs bf16 natively (agentfactory.devices: elsewhere it crawls): MuonClip with max-logit tracking vs plain AdamW without; the ratio is what training
    actually pays (goal ≤ 1.3×), and tokens/s is k2-mini's training speed on this machine.
    Measurements alternate between the two optimizers (warm-up, then the median of --repeats), so
    background load hits both alike.
@@ -63,11 +63,11 @@ def _ns_gflop(params) -> float:
     return total / 1e9
 
 
-def _bf16_matmul_gflops(repeats: int) -> float:
-    """This machine's bf16 bmm speed on NS-shaped work (16 × 256×256, k2-mini's commonest matrix)."""
+def _matmul_gflops(dtype: str, repeats: int) -> float:
+    """This machine's bmm speed in NS's dtype on NS-shaped work (16 × 256×256, k2-mini's commonest matrix)."""
     import torch
 
-    X = torch.randn(16, 256, 256).bfloat16()
+    X = torch.randn(16, 256, 256).to(getattr(torch, dtype))
     out = torch.empty_like(X)
     torch.bmm(X, X, out=out)
     times = []
@@ -96,6 +96,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from agentfactory.devices import fast_bfloat16, resolve_dtype
     from agentfactory.model import K2Config, K2ForCausalLM, count_params
     from agentfactory.optim import OptimizerConfig, build_optimizer, param_groups, qk_clip
     from agentfactory.train.clip_demo import qk_clip_curve
@@ -170,9 +171,12 @@ def main() -> None:
                 part_times[k].append(time.perf_counter() - t0)
     part_median = {k: statistics.median(ts) for k, ts in part_times.items()}
     ns_gflop = _ns_gflop(param_groups(models["muonclip"])["muon"])
-    matmul_gflops = _bf16_matmul_gflops(args.repeats)
+    ns_dtype = resolve_dtype("auto", torch.device("cpu"))  # what build_optimizer's Muon runs NS in
+    matmul_gflops = _matmul_gflops(ns_dtype, args.repeats)
+    # bf16 autocast only where it is native: elsewhere it runs ~20× slower than float32 (devices.py)
+    dtypes = ["float32", "bfloat16"] if fast_bfloat16("cpu") else ["float32"]
     measures = [("optimizer_step", opt_step)]
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         measures.append((f"train_step_{dtype}", lambda kind, dtype=dtype: train_step(kind, dtype)))
     timings: dict[str, dict[str, list[float]]] = {what: {} for what, _ in measures}
     for what, fn in measures:
@@ -190,7 +194,8 @@ def main() -> None:
     ns_floor = ns_gflop / matmul_gflops  # seconds: NS matmuls alone, at full measured speed
     floor = {
         "ns_gflop_per_step": ns_gflop,
-        "bf16_matmul_gflops": matmul_gflops,
+        "ns_dtype": ns_dtype,
+        "ns_matmul_gflops": matmul_gflops,
         "ns_floor_s": ns_floor,
         "ratio_floor": (ns_floor + part_median["adamw_embed_norms"]) / t_adamw,
         "muon_s_over_floor": part_median["muon"] / ns_floor,
@@ -200,8 +205,7 @@ def main() -> None:
     }
     tokens = args.batch * args.seq
     tokens_per_s = {
-        dtype: {k: tokens / s for k, s in median[f"train_step_{dtype}"].items()}
-        for dtype in ("float32", "bfloat16")
+        dtype: {k: tokens / s for k, s in median[f"train_step_{dtype}"].items()} for dtype in dtypes
     }
     bench_s = time.perf_counter() - t_start
     load = max(load_before, os.getloadavg()[0])
@@ -244,7 +248,7 @@ def main() -> None:
         f"{part_median['adamw_fused_all'] * 1e3:,.1f} ms",
         f"{floor['ratio_vs_fused_adamw']:.1f}×",
     )
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         what = f"train_step_{dtype}"
         table.add_row(
             f"train step, {dtype} (fwd+bwd+opt)",
@@ -264,23 +268,24 @@ def main() -> None:
             f"[yellow]warning: load average {load:.1f} on {os.cpu_count()} cores: other processes share the CPU, "
             "so these timings (above all with > 1 thread) are unreliable; rerun on a quiet machine or --threads 1"
         )
-    worst = max(ratio["train_step_float32"], ratio["train_step_bfloat16"])
+    worst = max(ratio[f"train_step_{d}"] for d in dtypes)
     ok = worst <= 1.3
     console.print(
-        f"[bold]MuonClip/AdamW training step: {ratio['train_step_float32']:.2f}× float32, "
-        f"{ratio['train_step_bfloat16']:.2f}× bfloat16 (goal ≤ 1.3×: {'met' if ok else 'NOT met'})[/bold]; "
+        "[bold]MuonClip/AdamW training step: "
+        + ", ".join(f"{ratio[f'train_step_{d}']:.2f}× {d}" for d in dtypes)
+        + f" (goal ≤ 1.3×: {'met' if ok else 'NOT met'})[/bold]; "
         f"optimizer step alone {ratio['optimizer_step']:.1f}× (Newton–Schulz dominates it)"
     )
     console.print(
         f"optimizer step goal ≤ 1.3× is out of reach on this CPU: NS needs {ns_gflop:.1f} GFLOP per step; "
-        f"at the measured {matmul_gflops:,.0f} GFLOP/s (bf16, {threads} threads) that alone takes "
+        f"at the measured {matmul_gflops:,.0f} GFLOP/s ({ns_dtype}, {threads} threads) that alone takes "
         f"{ns_floor * 1e3:,.0f} ms = {ns_floor / t_adamw:.1f}× AdamW's whole step; 1.3× would need "
         f"{floor['matmul_speed_for_1_3x_gflops']:,.0f} GFLOP/s. Muon runs at {floor['muon_s_over_floor']:.2f}× its floor."
     )
     # The optimizer's extra cost is per step, not per token: what the ratio becomes at bigger steps
     # (e.g. the quickstart's pretraining batch, 16×512 tokens), extrapolated from this run.
     extrapolated = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         t_adamw = median[f"train_step_{dtype}"]["adamw"]
         overhead = median[f"train_step_{dtype}"]["muonclip"] - t_adamw
         extrapolated[dtype] = {
