@@ -44,7 +44,7 @@ test-gpu: install
 	$(PY) -m pytest -q tests/gpu
 
 bench: install
-	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in bench/[!_]*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 bench-gpu: install
 	PYTHON=$(PY) bash bench/gpu.sh bench/results

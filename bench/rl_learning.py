@@ -23,10 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-class TimeUp(Exception):
-    pass
-
+from _rl_curves import rl_with_evals, save
 
 # reasoning-gym chain_sum with two single-digit terms (+/-): small enough for a tiny model to learn
 RG_CONFIG = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
@@ -143,7 +140,6 @@ def main() -> None:
     from agentfactory.llm import VLLMEngine
     from agentfactory.model import train_tokenizer
     from agentfactory.rl.config import EnvSpec, RLConfig
-    from agentfactory.rl.loop import rl_run
     from agentfactory.train import SFTConfig, sft
 
     torch.set_num_threads(args.threads)
@@ -182,8 +178,7 @@ def main() -> None:
 
     # 2. RL, evaluating held-out accuracy along the way
     engine = VLLMEngine(model_dir, kv_cache_memory_bytes=256 << 20, max_model_len=512, enforce_eager=True)
-    curve = [{"iteration": 0, "rl_seconds": 0.0, "accuracy": accuracy(engine, heldout, seeds)}]
-    print(f"SFT ({t_sft:.0f} s): held-out accuracy {curve[0]['accuracy']:.3f}", flush=True)
+    print(f"SFT: {steps} steps, {t_sft:.0f} s", flush=True)
     rl_cfg = RLConfig(
         model=str(model_dir),
         envs=[EnvSpec(**env_spec(args.task, "rl"))],
@@ -203,32 +198,15 @@ def main() -> None:
         progress=False,
         threads=args.threads,
     )
-    clock = {"eval": 0.0, "t0": time.perf_counter()}
-    rewards: list[dict] = []
-
-    key = f"reward/{heldout.name}"
-
-    def on_iteration(loop, row) -> None:
-        rl_s = time.perf_counter() - clock["t0"] - clock["eval"]
-        rewards.append({"iteration": row["iteration"], "rl_seconds": rl_s, "reward": row.get(key)})
-        if row["iteration"] % args.eval_every == 0 or rl_s >= args.rl_minutes * 60:
-            t = time.perf_counter()
-            acc = accuracy(loop.engine, heldout, seeds)
-            clock["eval"] += time.perf_counter() - t
-            curve.append({"iteration": row["iteration"], "rl_seconds": rl_s, "accuracy": acc})
-            print(
-                f"iter {row['iteration']:4d}  {rl_s:6.0f} s  reward {row.get(key, 0):.3f}  held-out {acc:.3f}",
-                flush=True,
-            )
-        if rl_s >= args.rl_minutes * 60:
-            raise TimeUp
-
-    try:
-        rl_run(rl_cfg, engine=engine, on_iteration=on_iteration)
-    except TimeUp:
-        pass
-    finally:
-        engine.close()
+    curve, rewards = rl_with_evals(
+        rl_cfg,
+        engine,
+        lambda e: {"accuracy": accuracy(e, heldout, seeds)},
+        score="accuracy",
+        minutes=args.rl_minutes,
+        every=args.eval_every,
+        logged={"reward": f"reward/{heldout.name}"},
+    )
     start, best, final = curve[0]["accuracy"], max(c["accuracy"] for c in curve), curve[-1]["accuracy"]
     result = {
         "task": args.task,
@@ -245,31 +223,9 @@ def main() -> None:
         "train_reward": rewards,
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rl_learning.json").write_text(json.dumps(result, indent=2))
-    plot(result, args.out / "rl_learning.png")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "train_reward")}, indent=2))
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    c = result["curve"]
-    ax.plot([p["rl_seconds"] / 60 for p in c], [p["accuracy"] for p in c], "o-", label="held-out (greedy)")
-    r = [p for p in result["train_reward"] if p["reward"] is not None]
-    ax.plot(
-        [p["rl_seconds"] / 60 for p in r], [p["reward"] for p in r], alpha=0.5, label="train reward (sampled)"
-    )
-    ax.set_xlabel("RL wall time (min, 2 CPU cores)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"RL on {result['task']}: {result['gain_points']:+.1f} points")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    labels = {"reward": "train reward (sampled)"}
+    title = f"RL on {result['task']}: {result['gain_points']:+.1f} points"
+    save(result, args.out, "rl_learning", score="accuracy", labels=labels, title=title)
 
 
 if __name__ == "__main__":

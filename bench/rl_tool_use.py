@@ -12,16 +12,16 @@
 Writes `<out>/rl_tool_use.json` (held-out curve, train reward, start/best/final success) and
 `<out>/rl_tool_use.png`.
 
-    python bench/rl_tool_use.py [--model runs/quickstart/sft/model] [--rl-minutes 20] [--out bench/results]
+    python bench/rl_tool_use.py [--model runs/quickstart/sft/model] [--rl-minutes 15] [--out bench/results]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-import time
 from pathlib import Path
+
+from _rl_curves import rl_with_evals, save
 
 DOMAINS = [
     "airline_reservations",
@@ -34,10 +34,6 @@ DOMAINS = [
     "smart_home",
     "support_tickets",
 ]
-
-
-class TimeUp(Exception):
-    pass
 
 
 def heldout_success(engine, config) -> dict:
@@ -57,11 +53,11 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=Path("runs/quickstart/sft/model"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--work", type=Path, default=None, help="RL output dir (default: a temp dir)")
-    ap.add_argument("--rl-minutes", type=float, default=20.0)
+    ap.add_argument("--rl-minutes", type=float, default=15.0)
     ap.add_argument("--worlds", default="200:264", help="RL world seeds, start:stop")
     ap.add_argument("--eval-worlds", type=int, default=2, help="held-out worlds 0..N-1")
     ap.add_argument("--eval-tasks", type=int, default=96)
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-4, help="RL Muon lr (AdamW groups: lr/5)")
@@ -77,7 +73,6 @@ def main() -> None:
     from agentfactory.eval.heldout import EvalConfig
     from agentfactory.llm import VLLMEngine
     from agentfactory.rl.config import EnvSpec, RLConfig
-    from agentfactory.rl.loop import rl_run
 
     torch.set_num_threads(args.threads)
     start, stop = (int(x) for x in args.worlds.split(":"))
@@ -86,12 +81,6 @@ def main() -> None:
     eval_cfg = EvalConfig(worlds=args.eval_worlds, max_tasks=args.eval_tasks, agents=agents)
 
     engine = VLLMEngine(args.model, kv_cache_memory_bytes=256 << 20, max_model_len=4096, enforce_eager=True)
-    t = time.perf_counter()
-    curve = [{"iteration": 0, "rl_seconds": 0.0, **heldout_success(engine, eval_cfg)}]
-    print(
-        f"SFT: held-out {curve[0]['success']}/{curve[0]['tasks']} ({time.perf_counter() - t:.0f} s)",
-        flush=True,
-    )
     env = {"domains": DOMAINS, "world_seeds": list(range(start, stop)), "agents": agents}
     rl_cfg = RLConfig(
         model=str(args.model),
@@ -108,39 +97,15 @@ def main() -> None:
         progress=False,
         threads=args.threads,
     )
-    clock = {"eval": 0.0, "t0": time.perf_counter()}
-    rewards: list[dict] = []
-
-    def on_iteration(loop, row) -> None:
-        rl_s = time.perf_counter() - clock["t0"] - clock["eval"]
-        rewards.append(
-            {
-                "iteration": row["iteration"],
-                "rl_seconds": rl_s,
-                "reward": row.get("reward/tool_use"),
-                "correct": row.get("metric/correct"),
-            }
-        )
-        done = rl_s >= args.rl_minutes * 60
-        if row["iteration"] % args.eval_every == 0 or done:
-            t = time.perf_counter()
-            point = heldout_success(loop.engine, eval_cfg)
-            clock["eval"] += time.perf_counter() - t
-            curve.append({"iteration": row["iteration"], "rl_seconds": rl_s, **point})
-            print(
-                f"iter {row['iteration']:4d}  {rl_s:6.0f} s  train reward {row.get('reward/tool_use', 0):.3f}"
-                f"  held-out {point['success']}/{point['tasks']}",
-                flush=True,
-            )
-        if done:
-            raise TimeUp
-
-    try:
-        rl_run(rl_cfg, engine=engine, on_iteration=on_iteration)
-    except TimeUp:
-        pass
-    finally:
-        engine.close()
+    curve, rewards = rl_with_evals(
+        rl_cfg,
+        engine,
+        lambda e: heldout_success(e, eval_cfg),
+        score="rate",
+        minutes=args.rl_minutes,
+        every=args.eval_every,
+        logged={"reward": "reward/tool_use", "correct": "metric/correct"},
+    )
     first, last = curve[0], curve[-1]
     result = {
         "model": str(args.model),
@@ -155,32 +120,9 @@ def main() -> None:
         "train_reward": rewards,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "work"},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rl_tool_use.json").write_text(json.dumps(result, indent=2))
-    plot(result, args.out / "rl_tool_use.png")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "train_reward")}, indent=2))
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    c = result["curve"]
-    ax.plot(
-        [p["rl_seconds"] / 60 for p in c], [p["rate"] for p in c], "o-", label="held-out success (greedy)"
-    )
-    for key, label in (("reward", "train reward (rubric share)"), ("correct", "train success (sampled)")):
-        r = [p for p in result["train_reward"] if p[key] is not None]
-        ax.plot([p["rl_seconds"] / 60 for p in r], [p[key] for p in r], alpha=0.5, label=label)
-    ax.set_xlabel("RL wall time (min, 2 CPU cores)")
-    ax.set_ylabel("rate")
-    ax.set_title(f"RL on ToolUseEnv: {result['gain_points']:+.1f} points held-out")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    labels = {"reward": "train reward (rubric share)", "correct": "train success (sampled)"}
+    title = f"RL on ToolUseEnv: {result['gain_points']:+.1f} points held-out"
+    save(result, args.out, "rl_tool_use", score="rate", labels=labels, title=title)
 
 
 if __name__ == "__main__":
