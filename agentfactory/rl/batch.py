@@ -84,6 +84,16 @@ def group_batches(rows: Sequence[TrainRow], max_rows: int) -> Iterator[list[Trai
         yield batch
 
 
+def uniform_groups(rows: Sequence[TrainRow]) -> int:
+    """How many groups have all-equal rewards: zero advantage, so no gradient (at θ = θ_old the K1.5
+    gradient is Σ_i (r_i − r̄) ∇ log π). Many of them mean RL sees too few prompts of the right
+    difficulty: all solved or all failed."""
+    rewards: dict[str, list[float]] = {}
+    for r in rows:
+        rewards.setdefault(r.group, []).append(r.reward)
+    return sum(max(v) - min(v) <= 1e-9 for v in rewards.values())
+
+
 def collate_rows(rows: Sequence[TrainRow], pad_id: int, version: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors for a micro-batch; position t of `targets` is predicted by input t.
 

@@ -46,7 +46,7 @@ from rich.console import Console
 
 from agentfactory.devices import resolve_dtype
 from agentfactory.llm.base import Engine, SamplingParams
-from agentfactory.rl.batch import TrainRow, critic_row, policy_update, reward_metrics
+from agentfactory.rl.batch import TrainRow, critic_row, policy_update, reward_metrics, uniform_groups
 from agentfactory.rl.buffer import PartialRolloutBuffer, Rollout
 from agentfactory.rl.config import RLConfig, build_env
 from agentfactory.rl.engine import RecoveringEngine, start_engine
@@ -278,6 +278,7 @@ class RLLoop:
             "time/iteration": t3 - t0,
             "groups/added": added,
             "groups/trained": len(result.groups) + len(episode_groups),
+            "groups/uniform": uniform_groups(rows),
             "rows": len(rows),
             **episodes.stats,
             "tokens/generated": s["generated_tokens"] + episodes.stats["tokens/generated"],

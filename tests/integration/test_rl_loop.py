@@ -89,6 +89,8 @@ def test_colocated_loop_sync_versions_and_resume(vllm_engine, k2_checkpoint, tmp
     assert any(r["rollouts/carried"] > 0 for r in rows) and any(r["rollouts/resumed"] > 0 for r in rows)
     assert any(r.get("tokens/stale", 0) > 0 for r in rows)
     assert max(r["staleness/max"] for r in rows) == 1
+    # groups without a gradient (all rewards equal) are counted among the scored ones (+ critic groups)
+    assert all(0 <= r["groups/uniform"] <= r["groups/trained"] + r["critic/rows"] for r in rows)
 
     # the killed run continues from its iteration-2 checkpoint to iteration 3
     result = rl_run(_config(k2_checkpoint, out, iterations=3), engine=vllm_engine)

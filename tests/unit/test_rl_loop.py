@@ -10,7 +10,14 @@ import torch
 from agentfactory.model import K2Config, K2ForCausalLM, load_tokenizer, train_tokenizer
 from agentfactory.model.chat import IM_END, render_assistant
 from agentfactory.model.tokenizer import save_tokenizer
-from agentfactory.rl.batch import TrainRow, collate_rows, group_batches, policy_update, reward_metrics
+from agentfactory.rl.batch import (
+    TrainRow,
+    collate_rows,
+    group_batches,
+    policy_update,
+    reward_metrics,
+    uniform_groups,
+)
 from agentfactory.rl.config import EnvSpec, RLConfig
 from agentfactory.rl.loop import RLLoop, rl_run
 from agentfactory.rl.loss import LossConfig
@@ -94,6 +101,12 @@ def test_equal_rewards_give_no_gradient_and_mismatch_is_measured():
     assert stats["mismatch/abs_mean"] > 0 and stats["tokens/stale"] == 0 and stats["tokens/train"] == 12
 
 
+def test_uniform_groups_are_those_with_all_equal_rewards():
+    rows = [_row("a", 0.0), _row("a", 1.0), _row("b", 0.5), _row("b", 0.5), _row("c", 1.0)]
+    assert uniform_groups(rows) == 2  # b (equal rewards) and c (one response: its own baseline)
+    assert uniform_groups(rows[:2]) == 0 and uniform_groups([]) == 0
+
+
 def test_reward_metrics_by_env_and_component():
     rows = [_row("a", 1.0), _row("a", 0.0), _row("b", 1.0)]
     rows[2].env = "rg.chain_sum"
@@ -145,6 +158,8 @@ def test_rl_run_metrics_versions_checkpoint_and_resume(tiny_checkpoint, tmp_path
     result = rl_run(cfg, engine=engine)
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2]
+    # the scripted engine answers a prompt the same way every time: every group is uniform
+    assert rows[0]["groups/uniform"] == rows[0]["groups/trained"] > 0
     for key in ("reward/math", "component/correct", "time/rollout", "time/train", "time/sync", "kl",
                 "mismatch/abs_mean", "staleness/max", "clipped_heads", "tokens/generated"):  # fmt: skip
         assert key in rows[0], key
