@@ -17,6 +17,14 @@ mean-baseline policy gradient, with no extra forward pass. The same forward give
 train–inference mismatch: trainer logprobs vs the engine's sampling logprobs on the same tokens,
 split into tokens of the current version (pure numerics: kernels, dtype) and stale tokens (sampled
 by older weights, partial rollouts).
+
+A group whose rewards are all equal (all solved, all failed) has zero advantage, so its gradient is
+exactly zero at θ = θ_old; `uniform` says what its rows cost: `train` (forward + backward, the
+reference), `measure` (forward only, without autograd: the same update and the same mismatch/KL/
+QK-Clip/router statistics for ≈ 1/3 of the compute) or `skip` (nothing: DAPO's dynamic sampling
+drops them too; the statistics then cover the trained rows only). Whatever the mode, the optimizer
+step is the same: parameters the skipped rows would have reached get a zero gradient, so Muon's
+momentum and weight decay run as they would have.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -84,14 +92,19 @@ def group_batches(rows: Sequence[TrainRow], max_rows: int) -> Iterator[list[Trai
         yield batch
 
 
-def uniform_groups(rows: Sequence[TrainRow]) -> int:
-    """How many groups have all-equal rewards: zero advantage, so no gradient (at θ = θ_old the K1.5
-    gradient is Σ_i (r_i − r̄) ∇ log π). Many of them mean RL sees too few prompts of the right
-    difficulty: all solved or all failed."""
+def flat_groups(rows: Sequence[TrainRow]) -> set[str]:
+    """The groups whose rewards are all equal: zero advantage, so no gradient (at θ = θ_old the K1.5
+    gradient is Σ_i (r_i − r̄) ∇ log π)."""
     rewards: dict[str, list[float]] = {}
     for r in rows:
         rewards.setdefault(r.group, []).append(r.reward)
-    return sum(max(v) - min(v) <= 1e-9 for v in rewards.values())
+    return {g for g, v in rewards.items() if max(v) - min(v) <= 1e-9}
+
+
+def uniform_groups(rows: Sequence[TrainRow]) -> int:
+    """How many groups have all-equal rewards. Many of them mean RL sees too few prompts of the right
+    difficulty: all solved or all failed."""
+    return len(flat_groups(rows))
 
 
 def collate_rows(rows: Sequence[TrainRow], pad_id: int, version: int) -> dict[str, torch.Tensor]:
@@ -163,11 +176,13 @@ def policy_update(
     micro_batch_size: int,
     ptx_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
     autocast: Callable[[], object] | None = None,
+    uniform: Literal["train", "measure", "skip"] = "measure",
 ) -> dict[str, float]:
     """Forward/backward of the K1.5 loss (+ PTX) over `rows`; gradients accumulate in `model`.
 
     Returns the step's statistics (loss, mismatch, KL). The caller clips, steps and zeroes.
     A non-finite loss is reported as `loss = nan` before any backward of it (the caller stops).
+    `uniform`: what groups with all-equal rewards cost (module docstring).
     """
     from contextlib import nullcontext
 
@@ -175,9 +190,13 @@ def policy_update(
     device = next(model.parameters()).device
     totals: dict[str, float] = {}
     rl_loss_sum, ptx_sum = 0.0, 0.0
-    for mb in group_batches(rows, micro_batch_size):
+    flat = flat_groups(rows) if uniform != "train" else set()
+    passes = [([r for r in rows if r.group not in flat], True)]
+    if uniform == "measure":
+        passes.append(([r for r in rows if r.group in flat], False))
+    for mb, grad in ((mb, grad) for part, grad in passes for mb in group_batches(part, micro_batch_size)):
         t = {k: v.to(device) for k, v in collate_rows(mb, pad_id, version).items()}
-        with autocast() if autocast else nullcontext():
+        with autocast() if autocast else nullcontext(), torch.set_grad_enabled(grad):
             logits = model(t["ids"]).logits  # (B, T, V)
         logp = torch.log_softmax(logits.float(), -1).gather(-1, t["targets"].unsqueeze(-1)).squeeze(-1)
         weights = None
@@ -187,7 +206,8 @@ def policy_update(
         share = len(set(t["group"].tolist())) / n_groups
         if not math.isfinite(stats["loss"]):
             return {"loss": float("nan")}
-        (loss * share).backward()
+        if grad:
+            (loss * share).backward()
         rl_loss_sum += stats["loss"] * share
         for k, v in mismatch_stats(logp, t["behavior"], t["mask"], t["fresh"]).items():
             totals[k] = max(totals.get(k, 0.0), v) if k == "fresh_max" else totals.get(k, 0.0) + v
@@ -201,6 +221,10 @@ def policy_update(
             return {"loss": float("nan")}
         (config.ptx_weight * ptx).backward()
         ptx_sum += float(ptx.detach())
+    if flat:  # what the skipped backward would have given: zeros, so the optimizer steps the same
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
     rl = torch.tensor(rl_loss_sum)
     _, parts = total_loss(rl, torch.tensor(ptx_sum) if ptx_batches else None, config)
     n = max(totals.get("n", 0.0), 1.0)

@@ -104,6 +104,12 @@ class RLConfig(StrictModel):
     )
     grad_clip: float | None = Field(1.0, gt=0)
     micro_batch_size: PositiveInt = Field(16, description="response rows per forward pass")
+    uniform_groups: Literal["train", "measure", "skip"] = Field(
+        "measure",
+        description="groups with all-equal rewards have exactly zero gradient: train = forward + backward "
+        "anyway; measure = forward only (the same update and metrics for ~1/3 of their compute); "
+        "skip = no pass (mismatch/KL then cover the trained rows only)",
+    )
     ptx: ChatData | None = Field(None, description="curated SFT data for the PTX term (loss.ptx_weight)")
     ptx_batch_size: PositiveInt = Field(8, description="SFT conversations per iteration")
     critic: CriticSpec = Field(default_factory=CriticSpec)

@@ -211,6 +211,7 @@ class RLLoop:
             micro_batch_size=c.micro_batch_size,
             ptx_batches=self.ptx_batches(),
             autocast=self.autocast,
+            uniform=c.uniform_groups,
         )
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip or float("inf"))
         if not math.isfinite(stats["loss"]) or not math.isfinite(float(grad_norm)):

@@ -101,6 +101,42 @@ def test_equal_rewards_give_no_gradient_and_mismatch_is_measured():
     assert stats["mismatch/abs_mean"] > 0 and stats["tokens/stale"] == 0 and stats["tokens/train"] == 12
 
 
+def test_uniform_groups_cost_less_and_change_nothing():
+    # a, c carry signal; b, d are flat (one all-solved, one all-failed); micro-batches mix them
+    rewards = {"a": (0.0, 1.0), "b": (1.0, 1.0), "c": (0.2, 0.7), "d": (0.0, 0.0)}
+    rows = [
+        _row(g, r, n=3 + i, seed=i)
+        for i, (g, r) in enumerate((g, r) for g, rs in rewards.items() for r in rs)
+    ]
+    cfg = LossConfig(tau=0.1)
+    models, stats = {}, {}
+    for mode in ("train", "measure", "skip"):
+        models[mode] = _tiny_model()
+        stats[mode] = policy_update(
+            models[mode], rows, cfg, pad_id=0, version=0, micro_batch_size=4, uniform=mode
+        )
+    for mode in ("measure", "skip"):  # the same gradient: flat groups contribute exactly zero
+        torch.testing.assert_close(_grads(models[mode]), _grads(models["train"]), rtol=1e-5, atol=1e-8)
+    assert stats["measure"] == pytest.approx(stats["train"], rel=1e-6, abs=1e-9)  # same statistics
+    assert stats["skip"]["tokens/train"] == 3 + 4 + 7 + 8 < stats["train"]["tokens/train"]
+    assert stats["skip"]["loss"] == pytest.approx(stats["train"]["loss"], rel=1e-5)
+    # nothing but flat groups: no pass at all, yet every parameter has a (zero) gradient to step with
+    model = _tiny_model()
+    model.set_track_max_logits()
+    policy_update(
+        model,
+        [r for r in rows if r.group in "bd"],
+        cfg,
+        pad_id=0,
+        version=0,
+        micro_batch_size=4,
+        uniform="skip",
+    )
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and float(g.abs().max()) == 0 for g in grads)
+    assert all(m is None for m in model.pop_max_logits())  # no forward ran
+
+
 def test_uniform_groups_are_those_with_all_equal_rewards():
     rows = [_row("a", 0.0), _row("a", 1.0), _row("b", 0.5), _row("b", 0.5), _row("c", 1.0)]
     assert uniform_groups(rows) == 2  # b (equal rewards) and c (one response: its own baseline)
