@@ -1,11 +1,17 @@
-"""What groups without signal cost the RL update: `uniform_groups` = train vs measure vs skip.
+"""The RL update's cost: micro-batches by length vs whole groups, and `uniform_groups` modes.
 
-A group whose K rewards are all equal (all solved or all failed) has exactly zero K1.5 gradient, yet
-the reference update still runs its forward and backward. `measure` runs its forward only (without
-autograd: same update, same mismatch/KL statistics), `skip` runs nothing. This times one
-`policy_update` on full k2-mini for each mode, at several shares of flat groups, on the same rows
-(prompt ≈ 120 tokens, long-tailed response lengths like tool-use episodes), alternating the modes
-so background load hits all alike, and checks the three gradients agree.
+One `policy_update` on full k2-mini over the same rows (8 prompts × 4 samples, prompt 120 tokens,
+long-tailed response lengths like tool-use episodes), at several shares of flat groups:
+
+- `groups whole`: the baseline, the batching used before (micro-batches of whole groups, padded to
+  the group's longest row; emulated here by one `policy_update` per such micro-batch: the same
+  passes and padding, timing only) with every row trained;
+- `train`: rows micro-batched by length (`micro_batch_tokens`), every row trained;
+- `measure`: flat groups (all rewards equal: exactly zero gradient) run their forward only;
+- `skip`: flat groups run nothing.
+
+The modes alternate (warm-up, then the median of --repeats), so background load hits all alike, and
+the script checks that train, measure and skip give the same gradient.
 
     python bench/uniform_groups.py [--groups 8] [--samples 4] [--repeats 3] [--threads 0]
 """
@@ -20,7 +26,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-MODES = ("train", "measure", "skip")
+MODES = ("groups whole", "train", "measure", "skip")
 
 
 def _rows(groups: int, samples: int, flat_share: float, vocab: int, seed: int):
@@ -48,12 +54,28 @@ def _rows(groups: int, samples: int, flat_share: float, vocab: int, seed: int):
     return rows
 
 
+def _whole_groups(rows, max_rows: int) -> list[list]:
+    """The former batching: whole groups in order of their longest row, about `max_rows` rows each."""
+    groups: dict[str, list] = {}
+    for r in rows:
+        groups.setdefault(r.group, []).append(r)
+    batches: list[list] = [[]]
+    for members in sorted(
+        groups.values(), key=lambda g: max(len(r.prompt_ids) + len(r.response_ids) for r in g)
+    ):
+        if batches[-1] and len(batches[-1]) + len(members) > max_rows:
+            batches.append([])
+        batches[-1] += members
+    return batches
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--groups", type=int, default=8)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     ap.add_argument("--micro-batch", type=int, default=16)
+    ap.add_argument("--micro-batch-tokens", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="0 = torch's default for this machine")
     ap.add_argument("--out", type=Path, default=RESULTS / "uniform_groups.json")
@@ -62,7 +84,7 @@ def main() -> None:
     import torch
 
     from agentfactory.model import K2Config, K2ForCausalLM
-    from agentfactory.rl.batch import flat_groups, policy_update
+    from agentfactory.rl.batch import flat_groups, length_batches, policy_update
     from agentfactory.rl.loss import LossConfig
 
     if args.threads:
@@ -74,8 +96,19 @@ def main() -> None:
 
     def update(rows, mode: str) -> tuple[float, torch.Tensor]:
         model.zero_grad(set_to_none=True)
+        parts = _whole_groups(rows, args.micro_batch) if mode == "groups whole" else [rows]
         t0 = time.perf_counter()
-        policy_update(model, rows, cfg, pad_id=0, version=0, micro_batch_size=args.micro_batch, uniform=mode)
+        for part in parts:
+            policy_update(
+                model,
+                part,
+                cfg,
+                pad_id=0,
+                version=0,
+                micro_batch_size=len(part) if mode == "groups whole" else args.micro_batch,
+                micro_batch_tokens=10**9 if mode == "groups whole" else args.micro_batch_tokens,
+                uniform="train" if mode == "groups whole" else mode,
+            )
         seconds = time.perf_counter() - t0
         model.pop_max_logits()
         return seconds, torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -92,24 +125,32 @@ def main() -> None:
                 times[mode].append(seconds)
         med = {m: statistics.median(v) for m, v in times.items()}
         scale = float(grads["train"].abs().max())
-        diff = max(float((grads[m] - grads["train"]).abs().max()) for m in MODES[1:]) / scale
+        diff = max(float((grads[m] - grads["train"]).abs().max()) for m in ("measure", "skip")) / scale
         flat = flat_groups(rows)
-        tokens = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
-        flat_tokens = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows if r.group in flat)
+        lengths = [len(r.prompt_ids) + len(r.response_ids) for r in rows]
+        tokens = sum(lengths)
+        flat_tokens = sum(n for n, r in zip(lengths, rows, strict=True) if r.group in flat)
+        batches = length_batches(lengths, args.micro_batch, args.micro_batch_tokens)
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        padded_whole = sum(
+            len(b) * max(len(r.prompt_ids) + len(r.response_ids) for r in b)
+            for b in _whole_groups(rows, args.micro_batch)
+        )
         row = {
             "flat_share": share,
             "tokens": tokens,
             "flat_token_share": round(flat_tokens / tokens, 3),
+            "padded_tokens": {"groups whole": padded_whole, "by length": padded},
             "seconds": {m: round(v, 3) for m, v in med.items()},
-            "speedup_measure": round(med["train"] / med["measure"], 2),
-            "speedup_skip": round(med["train"] / med["skip"], 2),
+            **{f"speedup_{m}": round(med["groups whole"] / med[m], 2) for m in MODES[1:]},
             "grad_rel_diff": diff,
         }
         results.append(row)
+        speedups = ", ".join(f"{m} {med[m]:.2f}s ({row[f'speedup_{m}']}×)" for m in MODES[1:])
         print(
-            f"flat groups {share:.0%} ({row['flat_token_share']:.0%} of {tokens} tokens): "
-            f"train {med['train']:.2f}s, measure {med['measure']:.2f}s ({row['speedup_measure']}×), "
-            f"skip {med['skip']:.2f}s ({row['speedup_skip']}×); gradient rel. diff {diff:.1e}"
+            f"flat groups {share:.0%} ({row['flat_token_share']:.0%} of {tokens} tokens; "
+            f"padded: {padded_whole} groups whole, {padded} by length): groups whole {med['groups whole']:.2f}s, {speedups}; "
+            f"gradient rel. diff {diff:.1e}"
         )
         assert diff < 1e-4, f"the modes' gradients differ ({diff:.1e}): flat groups are not gradient-free"
     out = {

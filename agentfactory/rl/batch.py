@@ -8,10 +8,12 @@ that were sampled. A multi-turn episode is one row whose response is everything 
 prompt (sampled turns and the environment turns between them, `synth.tito`); its `mask` keeps the
 environment tokens out of the loss and the mismatch statistics (single-turn rows: all ones).
 
-`policy_update` runs one optimizer step's worth of forward/backward over whole groups per
-micro-batch (the K1.5 baseline is a group mean, so a group never straddles two micro-batches), each
-micro-batch's loss weighted by its share of the groups so the accumulated gradient equals the
-full-batch loss's. There is one update per iteration, so π_old (the iteration's starting weights)
+`policy_update` runs one optimizer step's worth of forward/backward. Each row's advantage and
+weight in the loss come from its whole group up front (`k1p5_row_terms`), so the loss is a sum over
+rows and micro-batches need not keep groups whole: rows go by length, so a pass pads short responses
+to similar ones rather than to their group's longest (long-tailed episode lengths otherwise make
+padding ≈ 40 % of the compute), and a token cap bounds each pass's memory. The accumulated gradient
+equals the full batch's. There is one update per iteration, so π_old (the iteration's starting weights)
 is the detached π_θ of the same forward: the log-ratio is 0 in value and the gradient is the
 mean-baseline policy gradient, with no extra forward pass. The same forward gives the
 train–inference mismatch: trainer logprobs vs the engine's sampling logprobs on the same tokens,
@@ -37,7 +39,14 @@ from typing import Any, Literal
 import torch
 
 from agentfactory.records import Trajectory
-from agentfactory.rl.loss import LossConfig, k1p5_loss, ptx_loss, total_loss, truncated_is_weights
+from agentfactory.rl.loss import (
+    LossConfig,
+    k1p5_row_loss,
+    k1p5_row_terms,
+    ptx_loss,
+    total_loss,
+    truncated_is_weights,
+)
 
 
 @dataclass
@@ -74,20 +83,15 @@ def critic_row(tokenizer: Any, sample: Trajectory) -> TrainRow:
     )
 
 
-def group_batches(rows: Sequence[TrainRow], max_rows: int) -> Iterator[list[TrainRow]]:
-    """Micro-batches of whole groups, about `max_rows` rows each (one group may exceed it alone).
-    Groups go in order of their longest row, so short responses are not padded to a long tail's length."""
-    groups: dict[str, list[TrainRow]] = {}
-    for r in rows:
-        groups.setdefault(r.group, []).append(r)
-    batch: list[TrainRow] = []
-    for members in sorted(
-        groups.values(), key=lambda g: max(len(r.prompt_ids) + len(r.response_ids) for r in g)
-    ):
-        if batch and len(batch) + len(members) > max_rows:
+def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> Iterator[list[int]]:
+    """Indices of rows in micro-batches of similar length: ascending, each pass at most `max_rows` rows
+    and `max_tokens` padded tokens (rows × its longest; a row longer than that goes alone)."""
+    batch: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batch and (len(batch) >= max_rows or (len(batch) + 1) * lengths[i] > max_tokens):
             yield batch
             batch = []
-        batch += members
+        batch.append(i)
     if batch:
         yield batch
 
@@ -115,7 +119,6 @@ def collate_rows(rows: Sequence[TrainRow], pad_id: int, version: int) -> dict[st
     mask_BT:      1 where the target is a response token the policy sampled (env turns: 0)
     behavior_BT:  the engine's logprob of that target (0 elsewhere)
     fresh_BT:     1 where the target was sampled by `version` (the weights being trained), within mask
-    group_B:      baseline group index 0..G-1
     """
     length = max(len(r.prompt_ids) + len(r.response_ids) - 1 for r in rows)
     B = len(rows)
@@ -124,8 +127,6 @@ def collate_rows(rows: Sequence[TrainRow], pad_id: int, version: int) -> dict[st
     mask = torch.zeros(B, length)
     behavior = torch.zeros(B, length)
     fresh = torch.zeros(B, length)
-    names: dict[str, int] = {}
-    group = torch.tensor([names.setdefault(r.group, len(names)) for r in rows])
     for b, r in enumerate(rows):
         seq = r.prompt_ids + r.response_ids
         n, p = len(seq) - 1, len(r.prompt_ids) - 1  # first response token is the target at input p
@@ -142,8 +143,6 @@ def collate_rows(rows: Sequence[TrainRow], pad_id: int, version: int) -> dict[st
         "mask": mask,
         "behavior": behavior,
         "fresh": fresh,
-        "group": group,
-        "rewards": torch.tensor([r.reward for r in rows], dtype=torch.float32),
     }
 
 
@@ -174,6 +173,7 @@ def policy_update(
     pad_id: int,
     version: int,
     micro_batch_size: int,
+    micro_batch_tokens: int = 4096,
     ptx_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
     autocast: Callable[[], object] | None = None,
     uniform: Literal["train", "measure", "skip"] = "measure",
@@ -186,31 +186,36 @@ def policy_update(
     """
     from contextlib import nullcontext
 
-    n_groups = len({r.group for r in rows})
     device = next(model.parameters()).device
     totals: dict[str, float] = {}
     rl_loss_sum, ptx_sum = 0.0, 0.0
+    names: dict[str, int] = {}
+    group_B = torch.tensor([names.setdefault(r.group, len(names)) for r in rows], dtype=torch.long)
+    adv_B, weight_B = k1p5_row_terms(torch.tensor([r.reward for r in rows]), group_B)
     flat = flat_groups(rows) if uniform != "train" else set()
-    passes = [([r for r in rows if r.group not in flat], True)]
+    passes = [([i for i, r in enumerate(rows) if r.group not in flat], True)]
     if uniform == "measure":
-        passes.append(([r for r in rows if r.group in flat], False))
-    for mb, grad in ((mb, grad) for part, grad in passes for mb in group_batches(part, micro_batch_size)):
-        t = {k: v.to(device) for k, v in collate_rows(mb, pad_id, version).items()}
-        with autocast() if autocast else nullcontext(), torch.set_grad_enabled(grad):
-            logits = model(t["ids"]).logits  # (B, T, V)
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, t["targets"].unsqueeze(-1)).squeeze(-1)
-        weights = None
-        if config.tis_cap is not None:  # π_old/μ per token: corrects stale and mismatched tokens
-            weights = truncated_is_weights(logp.detach(), t["behavior"], t["mask"], config.tis_cap)
-        loss, stats = k1p5_loss(logp, logp.detach(), t["rewards"], t["mask"], t["group"], config.tau, weights)
-        share = len(set(t["group"].tolist())) / n_groups
-        if not math.isfinite(stats["loss"]):
-            return {"loss": float("nan")}
-        if grad:
-            (loss * share).backward()
-        rl_loss_sum += stats["loss"] * share
-        for k, v in mismatch_stats(logp, t["behavior"], t["mask"], t["fresh"]).items():
-            totals[k] = max(totals.get(k, 0.0), v) if k == "fresh_max" else totals.get(k, 0.0) + v
+        passes.append(([i for i, r in enumerate(rows) if r.group in flat], False))
+    for part, grad in passes:
+        lengths = [len(rows[i].prompt_ids) + len(rows[i].response_ids) for i in part]
+        for mb in length_batches(lengths, micro_batch_size, micro_batch_tokens):
+            idx = [part[j] for j in mb]
+            t = {k: v.to(device) for k, v in collate_rows([rows[i] for i in idx], pad_id, version).items()}
+            with autocast() if autocast else nullcontext(), torch.set_grad_enabled(grad):
+                logits = model(t["ids"]).logits  # (B, T, V)
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, t["targets"].unsqueeze(-1)).squeeze(-1)
+            weights = None
+            if config.tis_cap is not None:  # π_old/μ per token: corrects stale and mismatched tokens
+                weights = truncated_is_weights(logp.detach(), t["behavior"], t["mask"], config.tis_cap)
+            adv, weight = adv_B[idx].to(device), weight_B[idx].to(device)
+            loss, stats = k1p5_row_loss(logp, logp.detach(), adv, weight, t["mask"], config.tau, weights)
+            if not math.isfinite(stats["loss"]):
+                return {"loss": float("nan")}
+            if grad:
+                loss.backward()
+            rl_loss_sum += stats["loss"]
+            for k, v in mismatch_stats(logp, t["behavior"], t["mask"], t["fresh"]).items():
+                totals[k] = max(totals.get(k, 0.0), v) if k == "fresh_max" else totals.get(k, 0.0) + v
     for ids, labels in ptx_batches:
         ids, labels = ids.to(device), labels.to(device)
         with autocast() if autocast else nullcontext():

@@ -103,7 +103,10 @@ class RLConfig(StrictModel):
         "policy that 5e-4 improved, bench/rl_learning.py)",
     )
     grad_clip: float | None = Field(1.0, gt=0)
-    micro_batch_size: PositiveInt = Field(16, description="response rows per forward pass")
+    micro_batch_size: PositiveInt = Field(16, description="most response rows per forward pass")
+    micro_batch_tokens: PositiveInt = Field(
+        4096, description="most padded tokens (rows × the longest) per forward pass: bounds its memory"
+    )
     uniform_groups: Literal["train", "measure", "skip"] = Field(
         "measure",
         description="groups with all-equal rewards have exactly zero gradient: train = forward + backward "

@@ -209,6 +209,7 @@ class RLLoop:
             pad_id=self.tokenizer.pad_token_id,
             version=self.version,
             micro_batch_size=c.micro_batch_size,
+            micro_batch_tokens=c.micro_batch_tokens,
             ptx_batches=self.ptx_batches(),
             autocast=self.autocast,
             uniform=c.uniform_groups,

@@ -8,7 +8,8 @@ a squared regression of the log-ratio onto the advantage: at θ = θ_old its gra
 −(2τ/K) Σ_i (r_i − r̄) ∇ log π_θ(y_i|x), the policy gradient with a mean baseline, and away from θ_old
 the square pulls the ratio back (τ sets how far the policy may drift per iteration; no clipping and
 no value network). log π(y|x) is the sum of the response tokens' log-probs under `mask`. Losses are
-averaged over the samples of a prompt, then over prompts (`group` says which prompt a row belongs to).
+averaged over the samples of a prompt, then over prompts (`group` says which prompt a row belongs to);
+`k1p5_row_loss` is the same sum written per row, for micro-batches that cut across groups.
 
 - **PTX**: a cross-entropy term on curated SFT data, added with weight `ptx_weight`, keeps RL from
   eroding what SFT taught (K2 §3.2.2 "PTX loss").
@@ -63,6 +64,52 @@ def truncated_is_weights(
     return torch.where(mask_BT.bool(), ratio_BT, torch.ones_like(ratio_BT))
 
 
+def k1p5_row_terms(rewards_B: torch.Tensor, group_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each row needs from the rest of the batch: its advantage r_i − r̄ (its group's mean) and
+    its weight 1/(K·G) in L (K rows in its group, G groups). With them the loss is a plain sum over
+    rows, so rows can be micro-batched in any order (by length) and the parts add up to L."""
+    rewards = rewards_B.detach().float()
+    n_groups = max(torch.unique(group_B).numel(), 1)
+    weight_B = 1.0 / (torch.bincount(group_B)[group_B].float() * n_groups)
+    return rewards - group_mean(rewards, group_B), weight_B
+
+
+def k1p5_row_loss(
+    logp_BT: torch.Tensor,
+    logp_old_BT: torch.Tensor,
+    adv_B: torch.Tensor,
+    weight_B: torch.Tensor,
+    mask_BT: torch.Tensor,
+    tau: float,
+    weights_BT: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Σ_i weight_i · (adv_i − τ · log_ratio_i)²: these rows' share of the K1.5 objective (see
+    `k1p5_row_terms`); returns (loss, stats).
+
+    logp_BT:     log π_θ of the sampled tokens (carries the gradient)
+    logp_old_BT: log π_old of the same tokens (the iteration's starting weights), no gradient
+    mask_BT:     1 on response tokens; weights_BT: optional per-token importance weights
+    """
+    mask = mask_BT.to(logp_BT.dtype)
+    diff_BT = (logp_BT.float() - logp_old_BT.detach().float()) * mask
+    if weights_BT is not None:
+        diff_BT = diff_BT * weights_BT.detach()
+    log_ratio_B = diff_BT.sum(-1)
+    delta_B = adv_B.detach().float() - tau * log_ratio_B
+    loss = (weight_B.detach().float() * delta_B.square()).sum()
+    with torch.no_grad():
+        x_BT = (logp_old_BT.float() - logp_BT.float()) * mask  # log(π_old/π_θ) per token
+        n_tok = mask.sum().clamp(min=1)
+        stats = {
+            "loss": float(loss.detach()),
+            "adv_abs_mean": float(adv_B.abs().mean()),
+            "log_ratio_mean": float(log_ratio_B.mean()),
+            "kl_k3": float(((torch.exp(x_BT) - 1 - x_BT) * mask).sum() / n_tok),  # Schulman's k3 estimator
+            "tokens": float(n_tok),
+        }
+    return loss, stats
+
+
 def k1p5_loss(
     logp_BT: torch.Tensor,
     logp_old_BT: torch.Tensor,
@@ -74,34 +121,11 @@ def k1p5_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The K1.5 objective over a batch of prompts' groups; returns (loss, stats).
 
-    logp_BT:     log π_θ of the sampled tokens (carries the gradient)
-    logp_old_BT: log π_old of the same tokens (the iteration's starting weights), no gradient
-    rewards_B:   r_i; group_B: prompt index of each row (0..G-1); mask_BT: 1 on response tokens
-    weights_BT:  optional per-token importance weights (see `truncated_is_weights`)
+    rewards_B: r_i; group_B: prompt index of each row (0..G-1); the rest as in `k1p5_row_loss`.
     """
-    mask = mask_BT.to(logp_BT.dtype)
-    diff_BT = (logp_BT.float() - logp_old_BT.detach().float()) * mask
-    if weights_BT is not None:
-        diff_BT = diff_BT * weights_BT.detach()
-    log_ratio_B = diff_BT.sum(-1)
-    rewards = rewards_B.detach().float()
-    adv_B = rewards - group_mean(rewards, group_B)
-    delta_B = adv_B - tau * log_ratio_B
-    per_row_B = delta_B.square() / torch.bincount(group_B)[group_B].float()  # 1/K within each group
-    n_groups = torch.unique(group_B).numel()
-    loss = per_row_B.sum() / max(n_groups, 1)
-    with torch.no_grad():
-        x_BT = (logp_old_BT.float() - logp_BT.float()) * mask  # log(π_old/π_θ) per token
-        n_tok = mask.sum().clamp(min=1)
-        stats = {
-            "loss": float(loss.detach()),
-            "reward_mean": float(rewards.mean()),
-            "adv_abs_mean": float(adv_B.abs().mean()),
-            "log_ratio_mean": float(log_ratio_B.mean()),
-            "kl_k3": float(((torch.exp(x_BT) - 1 - x_BT) * mask).sum() / n_tok),  # Schulman's k3 estimator
-            "tokens": float(n_tok),
-        }
-    return loss, stats
+    adv_B, weight_B = k1p5_row_terms(rewards_B, group_B)
+    loss, stats = k1p5_row_loss(logp_BT, logp_old_BT, adv_B, weight_B, mask_BT, tau, weights_BT)
+    return loss, {**stats, "reward_mean": float(rewards_B.float().mean())}
 
 
 def ptx_loss(logits_BTV: torch.Tensor, labels_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:

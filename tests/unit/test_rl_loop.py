@@ -13,7 +13,7 @@ from agentfactory.model.tokenizer import save_tokenizer
 from agentfactory.rl.batch import (
     TrainRow,
     collate_rows,
-    group_batches,
+    length_batches,
     policy_update,
     reward_metrics,
     uniform_groups,
@@ -40,11 +40,12 @@ def _row(group: str, reward: float, n: int = 3, p: int = 4, version: int = 0, se
     )
 
 
-def test_group_batches_keep_groups_whole():
-    rows = [_row(g, 0.0) for g in "aabbbcd"]
-    batches = list(group_batches(rows, 3))
-    # rows of equal length: groups keep their order
-    assert [[r.group for r in b] for b in batches] == [["a", "a"], ["b", "b", "b"], ["c", "d"]]
+def test_length_batches_sort_by_length_and_respect_both_caps():
+    lengths = [50, 10, 300, 12, 11, 40, 900, 45]
+    batches = list(length_batches(lengths, max_rows=3, max_tokens=120))
+    # 10, 11, 12: the row cap; 40, 45 (+50 would pad to 150 > 120); rows over the cap go alone
+    assert batches == [[1, 4, 3], [5, 7], [0], [2], [6]]
+    assert list(length_batches([], 3, 120)) == []
 
 
 def test_collate_aligns_targets_and_masks():
@@ -57,7 +58,6 @@ def test_collate_aligns_targets_and_masks():
     assert t["mask"][0].tolist() == [0, 0, 0, 1, 1, 1]  # targets 3..5 are the response
     assert t["fresh"][0].tolist() == [0, 0, 0, 0, 1, 1]
     assert t["mask"][1].tolist() == [0, 1, 0, 0, 0, 0]
-    assert t["group"].tolist() == [0, 1]
 
 
 def test_collate_masks_environment_tokens_of_multi_turn_rows():
@@ -84,12 +84,19 @@ def _grads(model) -> torch.Tensor:
 
 
 def test_micro_batching_gives_the_full_batch_gradient():
-    rows = [_row(g, float(i % 2), seed=i) for i, g in enumerate("aabbccdd")]
+    # lengths vary within groups, so length-sorted micro-batches cut across groups (and K differs)
+    rows = [_row(g, float(i % 3) / 2, n=2 + (i * 5) % 7, seed=i) for i, g in enumerate("aaabbccddd")]
+    assert sorted(range(10), key=lambda i: len(rows[i].response_ids))[:3] == [0, 7, 3]  # groups a, d, b
     cfg = LossConfig(tau=0.1, tis_cap=None)
-    full, split = _tiny_model(), _tiny_model()
-    policy_update(full, rows, cfg, pad_id=0, version=0, micro_batch_size=100)
-    policy_update(split, rows, cfg, pad_id=0, version=0, micro_batch_size=2)
-    torch.testing.assert_close(_grads(full), _grads(split), rtol=1e-4, atol=1e-6)
+    full, by_rows, by_tokens = _tiny_model(), _tiny_model(), _tiny_model()
+    ref = policy_update(full, rows, cfg, pad_id=0, version=0, micro_batch_size=100)
+    policy_update(by_rows, rows, cfg, pad_id=0, version=0, micro_batch_size=3)
+    got = policy_update(
+        by_tokens, rows, cfg, pad_id=0, version=0, micro_batch_size=100, micro_batch_tokens=20
+    )
+    for model in (by_rows, by_tokens):
+        torch.testing.assert_close(_grads(full), _grads(model), rtol=1e-4, atol=1e-6)
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5) and ref["loss"] > 0
 
 
 def test_equal_rewards_give_no_gradient_and_mismatch_is_measured():
