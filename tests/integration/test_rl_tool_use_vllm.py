@@ -60,18 +60,9 @@ def short_turns_checkpoint(k2_checkpoint, k2_tokenizer, tmp_path_factory):
     return path
 
 
-def test_tool_use_episodes_train_token_in_token_out(
-    vllm_engine, k2_checkpoint, short_turns_checkpoint, tmp_path
-):
-    trained: list[TrainRow] = []
-    train = RLLoop.train
-
-    def capture(self, rows):
-        trained.extend(rows)
-        return train(self, rows)
-
-    config = RLConfig(
-        model=str(short_turns_checkpoint),
+def _config(model, out, **kw) -> RLConfig:
+    base = dict(
+        model=str(model),
         envs=[
             EnvSpec(kind="tool_use", weight=2, config=TOOL_USE),
             EnvSpec(kind="math", config={"families": ["arithmetic"]}),
@@ -84,10 +75,24 @@ def test_tool_use_episodes_train_token_in_token_out(
         temperature={"start": 1.0, "end": 1.0, "steps": 1},
         critic={"enabled": False},
         micro_batch_size=8,
-        output_dir=str(tmp_path / "rl"),
+        output_dir=str(out),
         checkpoint_every=1,
         progress=False,
     )
+    return RLConfig(**{**base, **kw})
+
+
+def test_tool_use_episodes_train_token_in_token_out(
+    vllm_engine, k2_checkpoint, short_turns_checkpoint, tmp_path
+):
+    trained: list[TrainRow] = []
+    train = RLLoop.train
+
+    def capture(self, rows):
+        trained.extend(rows)
+        return train(self, rows)
+
+    config = _config(short_turns_checkpoint, tmp_path / "rl")
     mp = pytest.MonkeyPatch()
     mp.setattr(RLLoop, "train", capture)
     try:
@@ -111,3 +116,41 @@ def test_tool_use_episodes_train_token_in_token_out(
     assert multi, "no episode ran past its first turn"
     assert all(1 in r.mask and r.mask[-1] == 1 for r in rows)
     assert all(lp == 0.0 for r in multi for lp, k in zip(r.logprobs, r.mask, strict=True) if not k)
+
+
+def test_overlap_rolls_out_episodes_beside_training_and_syncs_after(
+    vllm_engine, k2_checkpoint, k2_tokenizer, short_turns_checkpoint, tmp_path
+):
+    """`overlap`: the next iteration's episodes play on the engine (from a worker thread) while this
+    one trains; its tokens are then one version stale, and the engine ends on the final weights."""
+    from agentfactory.model import K2ForCausalLM
+
+    config = _config(short_turns_checkpoint, tmp_path / "ovl", iterations=3, checkpoint_every=0, overlap=True)
+    try:
+        result = rl_run(config, engine=vllm_engine)
+        final = K2ForCausalLM.from_pretrained(result.model_dir).eval()
+        loop_seq = encode(k2_tokenizer, [{"role": "user", "content": "Compute 2 + 3."}], None, True)
+        engine_lp = vllm_engine.prompt_logprobs([loop_seq])[0]
+        with torch.no_grad():
+            logits = final(torch.tensor([loop_seq[:-1]])).logits[0].float()
+        trainer_lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(loop_seq[1:])[:, None])[:, 0]
+        diff = max(abs(a - b) for a, b in zip(engine_lp, trainer_lp.tolist(), strict=True))
+    finally:
+        vllm_engine.update_weights(k2_checkpoint, vllm_engine.policy_version + 1)
+    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    for r in rows:
+        print(
+            {k: v for k, v in r.items() if k.startswith(("time/", "tokens/", "mismatch", "episodes/groups"))}
+        )
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    assert (
+        "time/overlap_wait" in rows[0]
+        and "time/overlap_wait" in rows[1]
+        and "time/overlap_wait" not in rows[2]
+    )
+    assert sum(r.get("episodes/groups", 0) for r in rows[1:]) >= 1  # episodes were played in the thread
+    assert rows[0]["tokens/stale"] == 0
+    for r in rows[1:]:  # sampled before the previous update: all one version stale, logprobs close
+        assert r["tokens/stale"] == r["tokens/train"] > 0 and r["staleness/max"] <= 1
+        assert 0 < r["mismatch/stale_abs_mean"] < 0.5
+    assert diff < 1e-2  # the last sync pushed the final weights (no rollout was in flight)

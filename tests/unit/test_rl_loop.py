@@ -3,6 +3,7 @@ debug-sized model with a scripted engine: metrics rows, version stamps, checkpoi
 
 import json
 import random
+import time
 
 import pytest
 import torch
@@ -479,3 +480,53 @@ def test_critic_reads_single_replies_whole_and_episodes_as_transcripts():
     text = response_text(task, episode)
     assert "find_order" in text and "ORD-1" in text and "shipped" in text and "policy" not in text
     assert response_text(task, episode, limit=20).startswith("...")
+
+
+def _traced(fn, name: str, events: list):
+    """`fn`, recording (name, iteration of a rollout, start, end) of every call."""
+
+    def call(*args):
+        start = time.perf_counter()
+        out = fn(*args)
+        events.append((name, args[0] if name == "rollout" else None, start, time.perf_counter()))
+        return out
+
+    return call
+
+
+def test_overlap_rolls_out_the_next_iteration_while_training(tiny_checkpoint, tmp_path):
+    def run(out, overlap: bool, **kw):
+        engine, events = _engine(), []
+        loop = RLLoop(_config(tiny_checkpoint, out, overlap=overlap, **kw), engine)
+        for name in ("rollout", "train"):
+            setattr(loop, name, _traced(getattr(loop, name), name, events))
+        loop.resume()
+        rows = []
+        while loop.iteration < loop.config.iterations:
+            rows.append(loop.step())
+        return rows, events, [r.prompt_ids or r.messages for r in engine.requests], loop
+
+    seq_rows, _, seq_prompts, _ = run(tmp_path / "seq", False, iterations=4, checkpoint_every=0)
+    rows, events, prompts, loop = run(tmp_path / "ovl", True, iterations=4, checkpoint_every=0)
+    assert prompts == seq_prompts  # the same tasks, drawn by iteration, in the same order
+    rollouts = {k: (t0, t1) for name, k, t0, t1 in events if name == "rollout"}
+    trains = [(t0, t1) for name, _, t0, t1 in events if name == "train"]
+    assert sorted(rollouts) == [0, 1, 2, 3] and len(trains) == 4
+    for k in range(3):  # rollout k+1 started before train k finished: they ran side by side
+        assert rollouts[k + 1][0] < trains[k][1]
+    assert "time/overlap_wait" in rows[0] and "time/overlap_wait" not in rows[-1]  # the end: no prefetch
+    # trained one iteration later than sampled: every token one version stale (none without overlap)
+    assert rows[0]["tokens/stale"] == 0 and all(r["tokens/stale"] == r["tokens/train"] > 0 for r in rows[1:])
+    assert all(r["tokens/stale"] == 0 for r in seq_rows)
+    assert [r["policy_version"] for r in rows] == [r["policy_version"] for r in seq_rows] == [2, 3, 4, 5]
+    assert loop.prefetched is None
+
+    # checkpoints never hold a rollout: no prefetch into a checkpointed iteration
+    ckpt = RLLoop(
+        _config(tiny_checkpoint, tmp_path / "ck", overlap=True, iterations=5, checkpoint_every=2), _engine()
+    )
+    flags = []
+    for _ in range(5):
+        flags.append(ckpt.prefetches())
+        ckpt.step()
+    assert flags == [True, False, True, False, False]
