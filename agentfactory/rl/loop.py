@@ -25,7 +25,8 @@ With `overlap`, (1–2) of the next iteration run in a worker thread on the engi
 while (3) trains, and (4) waits for both: one-step off-policy, as in async RL systems (its tokens are
 one version stale when trained, which `loss.tis_cap` corrects and `tokens/stale` shows). The engine
 core is its own process, so on the CPU generation and training use different cores; the rollout
-never touches the trainer's model. No rollout is in flight at a checkpoint or at the end.
+never touches the trainer's model. A checkpoint holds the finished prefetched rollout (its rows),
+so a resumed run trains on exactly what it would have; the last iteration prefetches nothing.
 
 Every iteration appends one row to `<output_dir>/metrics.jsonl`: `reward/<env>`, `component/<name>`,
 `time/rollout|train|sync`, `kl`, `mismatch/*` (trainer vs engine logprobs of the same tokens),
@@ -44,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -298,10 +299,9 @@ class RLLoop:
         return RolloutPhase(rows, stats)
 
     def prefetches(self) -> bool:
-        """Whether this iteration rolls out the next one beside its training (`overlap`): not when
-        the next state is saved (a checkpoint, the end), so a checkpoint never holds a rollout."""
-        c, nxt = self.config, self.iteration + 1
-        return c.overlap and nxt < c.iterations and not (c.checkpoint_every and nxt % c.checkpoint_every == 0)
+        """Whether this iteration rolls out the next one beside its training (`overlap`): all but
+        the last (a checkpoint keeps a finished prefetched rollout: `save`)."""
+        return self.config.overlap and self.iteration + 1 < self.config.iterations
 
     def step(self) -> dict[str, Any]:
         """One iteration: rollout, reward, train, sync; returns its metrics row. With `overlap`, the
@@ -358,6 +358,9 @@ class RLLoop:
             "last_reward": self.last_reward,
         }
         buffer = {"buffer.json": json.dumps(self.buffer.state_dict())}
+        if self.prefetched is not None:  # the next iteration's rollout, already drawn from the buffer
+            phase = {"rows": [asdict(r) for r in self.prefetched.rows], "stats": self.prefetched.stats}
+            buffer["prefetched.json"] = json.dumps(phase)
         return write_checkpoint_dir(
             self.out / "checkpoint", self.model.state_dict(), self.opt.state_dict(), state, buffer
         )
@@ -380,6 +383,9 @@ class RLLoop:
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         self.buffer.load_state_dict(json.loads((path / "buffer.json").read_text()))
+        if (path / "prefetched.json").exists():
+            phase = json.loads((path / "prefetched.json").read_text())
+            self.prefetched = RolloutPhase([TrainRow(**r) for r in phase["rows"]], phase["stats"])
         self.iteration, self.ptx_seen = state["iteration"], state["ptx_seen"]
         self.last_reward = state.get("last_reward")
         self.version = state["version"] - 1

@@ -521,12 +521,17 @@ def test_overlap_rolls_out_the_next_iteration_while_training(tiny_checkpoint, tm
     assert [r["policy_version"] for r in rows] == [r["policy_version"] for r in seq_rows] == [2, 3, 4, 5]
     assert loop.prefetched is None
 
-    # checkpoints never hold a rollout: no prefetch into a checkpointed iteration
-    ckpt = RLLoop(
-        _config(tiny_checkpoint, tmp_path / "ck", overlap=True, iterations=5, checkpoint_every=2), _engine()
-    )
-    flags = []
-    for _ in range(5):
-        flags.append(ckpt.prefetches())
-        ckpt.step()
-    assert flags == [True, False, True, False, False]
+    # a checkpoint keeps the prefetched rollout: the resumed run trains on exactly those rows
+    out = tmp_path / "ck"
+    first = RLLoop(_config(tiny_checkpoint, out, overlap=True, iterations=4, checkpoint_every=2), _engine())
+    first.resume()
+    for _ in range(2):
+        first.step()
+    first.save()
+    assert first.prefetched is not None and first.prefetched.rows
+    resumed = RLLoop(_config(tiny_checkpoint, out, overlap=True, iterations=4, checkpoint_every=2), _engine())
+    assert resumed.resume() and resumed.iteration == 2
+    assert resumed.prefetched.rows == first.prefetched.rows
+    assert resumed.prefetched.stats == first.prefetched.stats
+    assert [r["iteration"] for r in (resumed.step(), resumed.step())] == [3, 4]
+    assert resumed.prefetched is None  # the last iteration prefetches nothing
