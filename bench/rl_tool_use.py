@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4, help="RL Muon lr (AdamW groups: lr/5)")
     ap.add_argument("--temperature", type=float, nargs=2, default=(1.0, 0.7), metavar=("START", "END"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--overlap", action="store_true", help="roll out the next iteration while training")
     args = ap.parse_args()
     if not (args.model / "config.json").exists():
         print(f"skipped: no checkpoint at {args.model} (run `make demo` first, or pass --model)")
@@ -96,6 +97,7 @@ def main() -> None:
         save_model=False,
         progress=False,
         threads=args.threads,
+        overlap=args.overlap,
     )
     curve, rewards = rl_with_evals(
         rl_cfg,
