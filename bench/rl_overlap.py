@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rl_tool_use import DOMAINS
+from rl_tool_use import tool_use_rl
 
 
 def main() -> None:
@@ -37,31 +37,14 @@ def main() -> None:
         return
 
     from agentfactory.llm import VLLMEngine
-    from agentfactory.rl.config import EnvSpec, RLConfig
     from agentfactory.rl.loop import rl_run
 
-    start, stop = (int(x) for x in args.worlds.split(":"))
-    agents = {"prompt": "compact", "cross_domain": 0}
-    env = {"domains": DOMAINS, "world_seeds": list(range(start, stop)), "agents": agents}
     engine = VLLMEngine(args.model, kv_cache_memory_bytes=256 << 20, max_model_len=4096, enforce_eager=True)
     runs = {}
     try:
         for overlap in (False, True):
             work = Path(tempfile.mkdtemp(prefix="af-rl-overlap-"))
-            config = RLConfig(
-                model=str(args.model),
-                envs=[EnvSpec(kind="tool_use", config=env)],
-                iterations=args.iterations,
-                prompts_per_iteration=args.prompts,
-                samples_per_prompt=args.samples,
-                critic={"enabled": False},
-                output_dir=str(work),
-                checkpoint_every=0,
-                save_model=False,
-                progress=False,
-                threads=args.threads,
-                overlap=overlap,
-            )
+            config = tool_use_rl(args, work, iterations=args.iterations, overlap=overlap)
             t0 = time.perf_counter()
             rl_run(config, engine=engine)
             wall = time.perf_counter() - t0

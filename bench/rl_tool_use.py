@@ -36,6 +36,30 @@ DOMAINS = [
 ]
 
 
+AGENTS = {"prompt": "compact", "cross_domain": 0}  # the synthesis agents' format, own domain only
+
+
+def tool_use_rl(args, work: Path, **overrides):
+    """RLConfig on tool-use episodes alone, over worlds `args.worlds` (`start:stop`), from `args.model`."""
+    from agentfactory.rl.config import EnvSpec, RLConfig
+
+    start, stop = (int(x) for x in args.worlds.split(":"))
+    env = {"domains": DOMAINS, "world_seeds": list(range(start, stop)), "agents": AGENTS}
+    return RLConfig(
+        model=str(args.model),
+        envs=[EnvSpec(kind="tool_use", config=env)],
+        prompts_per_iteration=args.prompts,
+        samples_per_prompt=args.samples,
+        critic={"enabled": False},
+        output_dir=str(work),
+        checkpoint_every=0,
+        save_model=False,
+        progress=False,
+        threads=args.threads,
+        **overrides,
+    )
+
+
 def heldout_success(engine, config) -> dict:
     from agentfactory.eval.heldout import evaluate_engine
 
@@ -73,30 +97,18 @@ def main() -> None:
 
     from agentfactory.eval.heldout import EvalConfig
     from agentfactory.llm import VLLMEngine
-    from agentfactory.rl.config import EnvSpec, RLConfig
 
     torch.set_num_threads(args.threads)
-    start, stop = (int(x) for x in args.worlds.split(":"))
     work = args.work or Path(tempfile.mkdtemp(prefix="af-rl-tool-use-"))
-    agents = {"prompt": "compact", "cross_domain": 0}
-    eval_cfg = EvalConfig(worlds=args.eval_worlds, max_tasks=args.eval_tasks, agents=agents)
+    eval_cfg = EvalConfig(worlds=args.eval_worlds, max_tasks=args.eval_tasks, agents=AGENTS)
 
     engine = VLLMEngine(args.model, kv_cache_memory_bytes=256 << 20, max_model_len=4096, enforce_eager=True)
-    env = {"domains": DOMAINS, "world_seeds": list(range(start, stop)), "agents": agents}
-    rl_cfg = RLConfig(
-        model=str(args.model),
-        envs=[EnvSpec(kind="tool_use", config=env)],
+    rl_cfg = tool_use_rl(
+        args,
+        work,
         iterations=10_000,
-        prompts_per_iteration=args.prompts,
-        samples_per_prompt=args.samples,
         temperature={"start": args.temperature[0], "end": args.temperature[1], "steps": 30},
         optimizer={"lr": args.lr, "adamw_lr": args.lr / 5, "weight_decay": 0.0},
-        critic={"enabled": False},
-        output_dir=str(work),
-        checkpoint_every=0,
-        save_model=False,
-        progress=False,
-        threads=args.threads,
         overlap=args.overlap,
     )
     curve, rewards = rl_with_evals(
