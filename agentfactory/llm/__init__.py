@@ -1,8 +1,8 @@
-"""Inference engines: the `Engine` protocol and its implementations (vLLM in-process, OpenAI-compatible),
-a sqlite response cache, and token-in-token-out multi-turn conversations.
+"""Inference engines: the `Engine` protocol and its implementations (vLLM in-process, our own PyTorch
+decoder, OpenAI-compatible), a sqlite response cache, and token-in-token-out multi-turn conversations.
 
-`VLLMEngine` and `OpenAIEngine` are resolved lazily (and import vllm / openai only when built), so
-`import agentfactory.llm` stays light.
+`VLLMEngine`, `TorchEngine` and `OpenAIEngine` are resolved lazily (and import vllm / torch / openai
+only when built), so `import agentfactory.llm` stays light.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -13,6 +13,7 @@ from agentfactory.llm.conversation import Conversation, generate_turns
 
 if TYPE_CHECKING:
     from agentfactory.llm.openai_engine import OpenAIEngine
+    from agentfactory.llm.torch_engine import TorchEngine
     from agentfactory.llm.vllm_engine import VLLMEngine
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "OpenAIEngine",
     "ResponseCache",
     "SamplingParams",
+    "TorchEngine",
     "VLLMEngine",
     "chat",
     "generate_turns",
@@ -32,6 +34,7 @@ __all__ = [
 
 _LAZY = {
     "VLLMEngine": "agentfactory.llm.vllm_engine",
+    "TorchEngine": "agentfactory.llm.torch_engine",
     "OpenAIEngine": "agentfactory.llm.openai_engine",
 }
 

@@ -12,10 +12,11 @@ from agentfactory.llm.base import Engine
 
 
 class EngineConfig(StrictModel):
-    """Where a role's model runs: in-process vLLM on a local checkpoint, or an OpenAI-compatible endpoint."""
+    """Where a role's model runs: in-process vLLM or our own PyTorch decoder (`torch`: machines without
+    vLLM) on a local checkpoint, or an OpenAI-compatible endpoint."""
 
-    kind: Literal["vllm", "openai"] = "vllm"
-    model: str = Field(description="checkpoint dir (vllm) or the served model name (openai)")
+    kind: Literal["vllm", "torch", "openai"] = "vllm"
+    model: str = Field(description="checkpoint dir (vllm, torch) or the served model name (openai)")
     base_url: str | None = Field(
         None, description="endpoint URL for kind=openai, e.g. http://127.0.0.1:8000/v1"
     )
@@ -23,6 +24,7 @@ class EngineConfig(StrictModel):
     dtype: str = "float32"
     max_model_len: int = Field(4096, ge=64)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    device: str = Field("auto", description="kind=torch: auto (CUDA when present), cpu or cuda[:i]")
     seed: int = 0
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0)
@@ -47,6 +49,16 @@ def build_engine(config: EngineConfig) -> Engine:
             timeout=config.timeout_s,
             max_retries=config.max_retries,
             concurrency=config.concurrency,
+        )
+    if config.kind == "torch":
+        from agentfactory.llm.torch_engine import TorchEngine
+
+        return TorchEngine(
+            config.model,
+            dtype=config.dtype,
+            device=config.device,
+            max_model_len=config.max_model_len,
+            seed=config.seed,
         )
     from agentfactory.llm.vllm_engine import VLLMEngine
 

@@ -26,8 +26,6 @@ stays light. Scripts that build a VLLMEngine need an `if __name__ == "__main__":
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
@@ -39,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from agentfactory.llm.base import Completion, GenerationRequest, SamplingParams
+from agentfactory.llm.local import admit, check_model_dir, completion, failed, model_fingerprint, prompt_ids
 from agentfactory.llm.vllm_health import EngineDeadError, EngineWatchdog, SelfHealing
-from agentfactory.model.chat import IM_END, encode, parse_assistant
-from agentfactory.records import ToolCall
+from agentfactory.model.chat import IM_END
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +48,6 @@ WORKER_EXTENSION = "agentfactory.llm.vllm_worker.WeightSyncExtension"
 # safetensors file in /dev/shm that the worker reads (measured on k2-mini, 47 MB: blob 0.51 s, dir 0.25 s).
 _BYTES_TRANSPORT_LIMIT = 8 << 20
 _HF_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")
-
-
-def check_model_dir(path: str | Path) -> dict[str, Any]:
-    """Fail early with a clear message if `path` is not a servable checkpoint dir; returns config.json."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model path {str(path)!r} does not exist or is not a directory")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (expected a HF DeepseekV3 checkpoint dir)")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg_file}: invalid JSON ({exc})") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise ValueError(f"{cfg_file}: no model_type; not a Hugging Face model config")
-    if not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"{path}: no *.safetensors weight files")
-    return config
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """A cheap id of a checkpoint's content (names, sizes, mtimes of its files), for response caches."""
-    h = hashlib.sha256()
-    for f in sorted(Path(path).iterdir()):
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
 
 
 def _native_rope(compilation_config: dict[str, Any] | None) -> dict[str, Any]:
@@ -174,11 +143,7 @@ class VLLMEngine(SelfHealing):
     # ------------------------------------------------------------------------------------- generate
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         """The exact ids a request is continued from (chat requests rendered with our K2 format)."""
-        if request.prompt_ids is not None:
-            return list(request.prompt_ids)
-        messages = [m.to_openai() for m in request.messages or []]
-        tools = [t.to_openai() for t in request.tools] or None
-        return encode(self.tokenizer, messages, tools, add_generation_prompt=True)
+        return prompt_ids(self.tokenizer, request)
 
     def _sampling_params(self, params: SamplingParams, prompt_len: int):
         import vllm
@@ -201,22 +166,13 @@ class VLLMEngine(SelfHealing):
         results: list[list[Completion] | None] = [None] * len(requests)
         batch, prompts, sps = [], [], []
         for i, req in enumerate(requests):
-            try:
-                ids = self.prompt_ids(req)
-                if not ids:
-                    raise ValueError("empty prompt")
-                if min(ids) < 0 or max(ids) >= self.vocab_size:
-                    raise ValueError(
-                        f"token id {max(ids) if max(ids) >= 0 else min(ids)} is out of vocabulary"
-                    )
-                if len(ids) >= self.max_model_len:
-                    error = f"prompt of {len(ids)} tokens leaves no room in the {self.max_model_len}-token context"
-                    results[i] = self._failed(req, "length", error, len(ids))
-                    continue
-                sps.append(self._sampling_params(req.params, len(ids)))
-            except Exception as exc:  # a bad request is an error record, never a crashed batch
-                results[i] = self._failed(req, "error", f"{type(exc).__name__}: {exc}")
+            ids, failure = admit(
+                self.tokenizer, req, self.vocab_size, self.max_model_len, self.policy_version
+            )
+            if failure is not None:
+                results[i] = failure
                 continue
+            sps.append(self._sampling_params(req.params, len(ids)))
             batch.append(i)
             prompts.append({"prompt_token_ids": ids})
         if batch:
@@ -231,9 +187,8 @@ class VLLMEngine(SelfHealing):
                 error = f"{type(exc).__name__}: {exc}"
             for k, i in enumerate(batch):
                 if outputs is None:
-                    results[i] = self._failed(
-                        requests[i], "error", error, len(prompts[k]["prompt_token_ids"])
-                    )
+                    n_prompt = len(prompts[k]["prompt_token_ids"])
+                    results[i] = failed(requests[i], "error", error, version, n_prompt)
                 else:
                     results[i] = [
                         self._completion(requests[i], o, outputs[k], version) for o in outputs[k].outputs
@@ -245,33 +200,16 @@ class VLLMEngine(SelfHealing):
         logprobs = None
         if req.params.logprobs and out.logprobs is not None:
             logprobs = [step[t].logprob for step, t in zip(out.logprobs, ids, strict=True)]
-        text = out.text  # vLLM leaves the stop token out of the text; the ids keep it
-        parsed = parse_assistant(text)
-        finish = out.finish_reason if out.finish_reason in ("stop", "length", "abort") else "stop"
-        return Completion(
-            request_id=req.id,
+        return completion(
+            req,
             index=out.index,
-            text=text,
+            text=out.text,  # vLLM leaves the stop token out of the text; the ids keep it
             token_ids=ids,
             logprobs=logprobs,
-            finish_reason=finish,
-            content=parsed.content if parsed.ok else text,
-            tool_calls=[ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in parsed.tool_calls],
-            parse_error=parsed.error,
+            finish_reason=out.finish_reason if out.finish_reason in ("stop", "length", "abort") else "stop",
             prompt_tokens=len(request_output.prompt_token_ids or []),
-            completion_tokens=len(ids),
-            policy_version=version,
+            version=version,
         )
-
-    def _failed(
-        self, req: GenerationRequest, reason: str, error: str, prompt_tokens: int = 0
-    ) -> list[Completion]:
-        log.warning("request %r: %s", req.id, error)
-        common = dict(finish_reason=reason, error=error, prompt_tokens=prompt_tokens)
-        return [
-            Completion(request_id=req.id, index=k, policy_version=self.policy_version, **common)
-            for k in range(req.params.n)
-        ]
 
     def prompt_logprobs(self, prompts: Sequence[Sequence[int]]) -> list[list[float]]:
         """log p(prompt[t] | prompt[:t]) for t ≥ 1 of each prompt, under the current weights."""

@@ -26,6 +26,7 @@ from torch import nn
 
 from agentfactory.devices import chunk_elements
 from agentfactory.model.config import K2Config
+from agentfactory.model.kv_cache import LayerKV
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
@@ -93,9 +94,10 @@ class RotaryEmbedding(nn.Module):
         if self.inv_freq.device.type != "meta":
             self.inv_freq.copy_(inv_freq)
 
-    def forward(self, positions_T: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs_TR2 = positions_T.float()[:, None] * self.inv_freq[None, :]
-        return (freqs_TR2.cos() * self.scale).to(dtype), (freqs_TR2.sin() * self.scale).to(dtype)
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (*positions.shape, R/2): positions (T,) in training, (B, T) when decoding."""
+        freqs = positions.float()[..., None] * self.inv_freq
+        return (freqs.cos() * self.scale).to(dtype), (freqs.sin() * self.scale).to(dtype)
 
 
 class MLA(nn.Module):
@@ -121,7 +123,11 @@ class MLA(nn.Module):
         self.track_max_logits = False
         self.max_logits: torch.Tensor | None = None  # (H,) fp32 running max since the last reset
 
-    def forward(self, x_BTD: torch.Tensor, cos_TR2: torch.Tensor, sin_TR2: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_BTD: torch.Tensor, cos_TR2: torch.Tensor, sin_TR2: torch.Tensor, kv: LayerKV | None = None
+    ) -> torch.Tensor:
+        """Causal attention over x; with `kv` (decoding) also over the cached keys/values, which then
+        hold x's too. cos/sin: (T, R/2), or (B, 1, T, R/2) for per-row positions when decoding."""
         B, T, _ = x_BTD.shape
         H, N, R, V = self.n_heads, self.nope_dim, self.rope_dim, self.v_dim
         if hasattr(self, "q_proj"):
@@ -146,7 +152,17 @@ class MLA(nn.Module):
         # v is zero-padded to q/k's head dim: PyTorch's flash kernels need equal dims, and the fallback
         # (the math kernel, which materializes every T×T score) trains 1.3-2.7× slower at T=2048 on CPU
         v_BHTK = F.pad(v_BHTV, (0, N + R - V)) if V < N + R else v_BHTV
-        out_BHTK = F.scaled_dot_product_attention(q_BHTK, k_BHTK, v_BHTK, is_causal=True, scale=self.scale)
+        if kv is not None:
+            kv.write(k_BHTK, v_BHTK)
+        if kv is None or kv.prefill:  # nothing cached before: plain causal attention over x
+            out_BHTK = F.scaled_dot_product_attention(
+                q_BHTK, k_BHTK, v_BHTK, is_causal=True, scale=self.scale
+            )
+        else:
+            k_BHSK, v_BHSK, visible_B1TS = kv.read()
+            out_BHTK = F.scaled_dot_product_attention(
+                q_BHTK, k_BHSK, v_BHSK, attn_mask=visible_B1TS, scale=self.scale
+            )
         return self.o_proj(out_BHTK[..., :V].transpose(1, 2).reshape(B, T, H * V))
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from agentfactory.model.attention import MLA, RotaryEmbedding
 from agentfactory.model.config import K2Config
+from agentfactory.model.kv_cache import KVCache, LayerKV
 from agentfactory.model.loss import cross_entropy
 from agentfactory.model.moe import MLP, MoE, update_router_bias
 
@@ -48,8 +49,8 @@ class Block(nn.Module):
         self.is_moe = config.is_moe_layer(layer_idx)
         self.mlp = MoE(config) if self.is_moe else MLP(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), cos, sin)
+    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: LayerKV | None = None):
+        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), cos, sin, kv)
         h_BTD = self.post_attention_layernorm(x_BTD)
         if not self.is_moe:
             return x_BTD + self.mlp(h_BTD), None, None
@@ -167,7 +168,25 @@ class K2ForCausalLM(nn.Module):
             layer.self_attn.max_logits = None
         return out
 
-    # --- inference for tests and baselines (no KV cache: recomputes the prefix each step)
+    # --- inference
+    @torch.no_grad()
+    def decode(self, input_ids_BT: torch.Tensor, cache: KVCache, new_B: torch.Tensor) -> torch.Tensor:
+        """Incremental decoding (llm/torch_engine.py): feed row b the first new_B[b] tokens of the
+        right-padded `input_ids_BT` after what `cache` holds, cache them, and return the logits
+        (B, V) after each row's last real token. Equals `forward` on the whole sequences up to
+        float rounding. Expert loads are not counted (inference must not move the router bias)."""
+        B, T = input_ids_BT.shape
+        positions_BT = cache.begin(T)
+        x_BTD = self.embed_tokens(input_ids_BT)
+        cos_BTR2, sin_BTR2 = self.rotary(positions_BT, x_BTD.dtype)
+        cos, sin = cos_BTR2[:, None], sin_BTR2[:, None]  # (B, 1, T, R/2): broadcast over heads
+        for i, layer in enumerate(self.layers):
+            x_BTD = layer(x_BTD, cos, sin, cache.layer(i))[0]
+        cache.advance(new_B)
+        last_BD = x_BTD[torch.arange(B, device=x_BTD.device), new_B - 1]
+        return self.lm_head(self.norm(last_BD))
+
+    # no KV cache: recomputes the prefix each step (tests and baselines)
     @torch.no_grad()
     def generate(
         self,

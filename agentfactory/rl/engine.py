@@ -37,9 +37,20 @@ def engine_kwargs(config: RLConfig) -> dict[str, Any]:
 
 
 def start_engine(config: RLConfig) -> Engine:
-    """A VLLMEngine on `config.model` with the `engine:` settings; with `engine.workers` > 1 an
-    `EnginePool` of that many engines on Ray (rl/engine_pool.py)."""
+    """A VLLMEngine (or, `engine.kind: torch`, a TorchEngine) on `config.model` with the `engine:`
+    settings; with `engine.workers` > 1 an `EnginePool` of that many vLLM engines on Ray."""
     e = config.engine
+    if e.kind == "torch":
+        from agentfactory.llm.torch_engine import TorchEngine
+
+        return TorchEngine(
+            config.model,
+            tokenizer=config.tokenizer,
+            dtype=e.dtype,
+            device=e.device,
+            max_model_len=e.max_model_len,
+            seed=config.seed,
+        )
     if e.workers > 1:
         from agentfactory.rl.engine_pool import EnginePool
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from agentfactory.llm import GenerationRequest, SamplingParams
+from agentfactory.llm.local import admit, failed
 from agentfactory.llm.vllm_engine import VLLMEngine, _native_rope, check_model_dir
 from agentfactory.model import K2Config, K2ForCausalLM
 
@@ -80,12 +81,16 @@ def test_outputs_map_to_completions_and_bad_tool_calls_to_parse_errors(text, ok)
 
 
 def test_failed_requests_are_records():
-    engine = _engine()
     req = GenerationRequest(id="x", prompt_ids=[1], params=SamplingParams(n=3))
-    out = engine._failed(req, "length", "too long", 99)
-    assert [(c.index, c.finish_reason, c.error, c.prompt_tokens) for c in out] == [
-        (k, "length", "too long", 99) for k in range(3)
+    out = failed(req, "length", "too long", 4, 99)
+    assert [(c.index, c.finish_reason, c.error, c.prompt_tokens, c.policy_version) for c in out] == [
+        (k, "length", "too long", 99, 4) for k in range(3)
     ]
+    # unusable prompts: out-of-vocabulary ids and empty prompts are errors, over-long ones "length"
+    for ids, reason in (([1, 70], "error"), ([], "error"), ([1] * 64, "length")):
+        _, out = admit(None, GenerationRequest(prompt_ids=ids), vocab_size=64, max_model_len=64, version=0)
+        assert out is not None and out[0].finish_reason == reason and out[0].error
+    assert admit(None, GenerationRequest(prompt_ids=[1, 2]), 64, 64, 0) == ([1, 2], None)
 
 
 def test_state_dict_converts_to_checkpoint_names_and_partial_experts_are_refused():
