@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from agentfactory.model import K2Config, K2ForCausalLM, load_tokenizer, train_tokenizer
 from agentfactory.model.chat import IM_END, render_assistant
@@ -286,10 +287,33 @@ def test_partial_rollouts_carry_long_responses(tiny_checkpoint, tmp_path):
     assert max(r["tokens/stale"] for r in rows if "tokens/stale" in r) > 0
 
 
+def test_torch_engine_rolls_out_with_the_trainers_own_logprobs(tiny_checkpoint, tmp_path):
+    """The colocated loop on the real TorchEngine (engine.kind: torch), partial rollouts resumed
+    under new weights: the engine's logprobs are the trainer's forward (mismatch ≈ 0, where vLLM
+    shows ≈ 2e-3), stale tokens are still measured, and each sync moves the engine's version."""
+    cfg = _config(
+        tiny_checkpoint,
+        tmp_path / "torch",
+        iterations=4,
+        engine={"kind": "torch", "device": "cpu", "max_model_len": 256},
+        budgets={"budgets": {"math": 12}},  # two 6-token segments: every response is resumed once
+        rollout={"segment_tokens": 6, "iteration_tokens": 200, "max_staleness": 4},
+        checkpoint_every=0,
+        save_model=False,
+    )
+    result = rl_run(cfg)
+    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert [r["policy_version"] for r in rows] == [0, 1, 1, 2]
+    assert [r["rollouts/resumed"] for r in rows] == [0, 6, 0, 6]
+    trained = [r for r in rows if r["rows"]]
+    assert [r["rollouts/multi_segment"] for r in trained] == [6, 6]
+    assert all(r["tokens/train"] == 72 and r["mismatch/abs_mean"] < 1e-5 for r in trained)
+    with pytest.raises(ValidationError, match="workers"):
+        RLConfig(model="m", envs=[EnvSpec(kind="math")], engine={"kind": "torch", "workers": 2})
+
+
 def test_pipeline_config_loads_and_rejects_what_the_loop_cannot_run():
     from pathlib import Path
-
-    from pydantic import ValidationError
 
     from agentfactory.config import load_config
 
