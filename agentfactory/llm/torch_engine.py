@@ -234,15 +234,20 @@ class TorchEngine:
         if row.finish is None and len(row.ids) >= row.budget:
             row.finish = "length"
 
+    def text(self, ids: list[int], stop_at: int | None = None) -> str:
+        """The text of sampled ids as vLLM gives it: special tokens kept, a final `<|im_end|>` left out,
+        cut where a stop string begins, and without the replacement characters of a multi-byte
+        character the ids end inside of (vLLM's detokenizer holds those bytes back)."""
+        if ids and ids[-1] == self.eos_token_id and stop_at is None:
+            ids = ids[:-1]
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        return text[:stop_at] if stop_at is not None else text.rstrip("\ufffd")
+
     def _completion(self, req: GenerationRequest, row: _Row, version: int) -> Completion:
-        ended_by_eos = row.finish == "stop" and row.stop_at is None and row.ids[-1] == self.eos_token_id
-        text = self.tokenizer.decode(row.ids[:-1] if ended_by_eos else row.ids, skip_special_tokens=False)
-        if row.stop_at is not None:
-            text = text[: row.stop_at]
         return completion(
             req,
             index=row.index,
-            text=text,
+            text=self.text(row.ids, row.stop_at),
             token_ids=row.ids,
             logprobs=row.logprobs,
             finish_reason=row.finish or "length",

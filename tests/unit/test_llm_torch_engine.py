@@ -123,7 +123,8 @@ def test_finish_reasons_and_bad_prompts(engine, monkeypatch):
     monkeypatch.setattr(engine.model, "decode", eos_after_three)
     (c,) = engine.generate([req])[0]
     assert c.finish_reason == "stop" and len(c.token_ids) == 4 and c.token_ids[-1] == eos
-    assert c.text == engine.tokenizer.decode(c.token_ids[:-1], skip_special_tokens=False)
+    assert c.text == engine.text(c.token_ids) and "<|im_end|>" not in c.text
+    assert c.text == engine.tokenizer.decode(c.token_ids[:-1], skip_special_tokens=False).rstrip("\ufffd")
     ignoring = req.model_copy(update={"params": req.params.model_copy(update={"ignore_eos": True})})
     (c,) = engine.generate([ignoring])[0]
     assert c.finish_reason == "length" and len(c.token_ids) == 12 and c.token_ids.count(eos) >= 8
