@@ -13,6 +13,9 @@ Writes `<out>/rl_tool_use.json` (held-out curve, train reward, start/best/final 
 `<out>/rl_tool_use.png`.
 
     python bench/rl_tool_use.py [--model runs/quickstart/sft/model] [--rl-minutes 15] [--out bench/results]
+
+`--engine torch` rolls out with TorchEngine (our decoder; what a GPU machine without vLLM runs) and
+`--device cuda` puts it and the trainer on the GPU (`bench/gpu_rl.sh`).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, nargs=2, default=(1.0, 0.7), metavar=("START", "END"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--overlap", action="store_true", help="roll out the next iteration while training")
+    ap.add_argument("--engine", choices=["vllm", "torch"], default="vllm")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (trainer, and the torch engine)")
     args = ap.parse_args()
     if not (args.model / "config.json").exists():
         print(f"skipped: no checkpoint at {args.model} (run `make demo` first, or pass --model)")
@@ -96,16 +101,23 @@ def main() -> None:
     import torch
 
     from agentfactory.eval.heldout import EvalConfig
-    from agentfactory.llm import VLLMEngine
+    from agentfactory.llm import TorchEngine, VLLMEngine
 
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="af-rl-tool-use-"))
     eval_cfg = EvalConfig(worlds=args.eval_worlds, max_tasks=args.eval_tasks, agents=AGENTS)
 
-    engine = VLLMEngine(args.model, kv_cache_memory_bytes=256 << 20, max_model_len=4096, enforce_eager=True)
+    if args.engine == "torch":
+        engine = TorchEngine(args.model, device=args.device, max_model_len=4096, cache_bytes=8 << 30)
+    else:
+        engine = VLLMEngine(
+            args.model, kv_cache_memory_bytes=256 << 20, max_model_len=4096, enforce_eager=True
+        )
     rl_cfg = tool_use_rl(
         args,
         work,
+        device=args.device,
+        engine={"kind": args.engine, "device": args.device, "sleep_during_training": False},
         iterations=10_000,
         temperature={"start": args.temperature[0], "end": args.temperature[1], "steps": 30},
         optimizer={"lr": args.lr, "adamw_lr": args.lr / 5, "weight_decay": 0.0},

@@ -124,3 +124,26 @@ def test_compiled_layers_train_like_eager_on_cuda(corpus, tmp_path):  # noqa: F8
     compiled = pretrain(cfg.model_copy(update={"output_dir": str(tmp_path / "compiled"), "compile": True}))
     # Inductor fuses bf16 elementwise ops (fewer roundings): equal to bf16 precision, not bit for bit.
     assert _losses(compiled.metrics_path) == pytest.approx(_losses(eager.metrics_path), rel=2e-2)
+
+
+def test_torch_engine_on_cuda_samples_like_the_cpu(tmp_path):
+    """TorchEngine (the rollout engine where vLLM is absent) on the GPU: the same greedy ids and
+    seeded samples as on the CPU, logprobs equal to fp32 rounding, weights pushed from a CUDA model."""
+    from agentfactory.llm import GenerationRequest, SamplingParams, TorchEngine
+    from tests.unit.fakes import tiny_math_checkpoint
+
+    path = tiny_math_checkpoint(tmp_path / "model")
+    cpu, gpu = TorchEngine(path, device="cpu"), TorchEngine(path, device="cuda")
+    requests = [
+        GenerationRequest(prompt_ids=[5, 6, 7 + i], params=SamplingParams(max_tokens=16, logprobs=True, **p))
+        for i, p in enumerate([{"temperature": 0.0}, {"seed": 3, "n": 4}, {"seed": 4, "top_p": 0.8}])
+    ]
+    for a, b in zip(cpu.generate(requests), gpu.generate(requests), strict=True):
+        assert [c.token_ids for c in a] == [c.token_ids for c in b]
+        for x, y in zip(a, b, strict=True):
+            assert max(abs(p - q) for p, q in zip(x.logprobs, y.logprobs, strict=True)) < 1e-3
+    torch.manual_seed(5)
+    trained = K2ForCausalLM(cpu.model.config).cuda()
+    gpu.update_weights(trained.state_dict(), version=2)
+    cpu.update_weights(trained.state_dict(), version=2)
+    assert gpu.generate(requests[:1])[0][0].token_ids == cpu.generate(requests[:1])[0][0].token_ids

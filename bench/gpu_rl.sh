@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Tool-use RL on a GPU machine that has PyTorch but no vLLM: TorchEngine rolls out, the trainer
+# trains, both on CUDA, with hundreds of episodes per step (the CPU runs could afford 32-64). First
+# the CUDA TorchEngine test, then `bench/rl_tool_use.py --engine torch --device cuda` from MODEL
+# (an SFT checkpoint dir) for MINUTES of RL time, held-out success every 5 iterations.
+#   bash bench/gpu_rl.sh MODEL [OUT_DIR] [MINUTES] [PROMPTS] [SAMPLES] [LR]
+# Python packages the GPU image lacks travel as wheels in .whl/ (bench/gpu_wheels.sh fetches them
+# here); they are installed to /tmp/site when present.
+set -u
+model=$1
+out=${2:-bench/results/gpu_rl}
+minutes=${3:-6}
+prompts=${4:-32}
+samples=${5:-8}
+lr=${6:-3e-4}
+py=${PYTHON:-python3}
+if [ -d .whl ]; then
+  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu_rl.log"
+$py -m pytest -q -p no:cacheprovider tests/gpu -k torch_engine 2>&1 | tee -a "$out/gpu_rl.log"
+$py bench/rl_tool_use.py --model "$model" --engine torch --device cuda --worlds 300:364 \
+  --prompts "$prompts" --samples "$samples" --lr "$lr" --rl-minutes "$minutes" --eval-every 5 \
+  --threads 4 --out "$out" 2>&1 | grep -v "Warning" | tee -a "$out/gpu_rl.log"
