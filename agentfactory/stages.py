@@ -110,7 +110,10 @@ class EvalStage(EvalConfig):
     models: list[str] = Field(
         default_factory=lambda: ["base", "sft"], description="which checkpoints to evaluate"
     )
-    engine: dict[str, Any] = Field(default_factory=dict, description="VLLMEngine keyword arguments")
+    engine: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the engine's keyword arguments; `kind: torch` evaluates on TorchEngine (no vLLM needed)",
+    )
 
 
 def done(stage_dir: Path) -> dict | None:
@@ -229,12 +232,13 @@ def copy_scores(model_dir: Path, tokenizer_dir: Path, copy: dict[str, Any], corp
 
 
 def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console: Console) -> dict:
-    """Held-out success of each checkpoint on one vLLM engine: the first is loaded at start, the others
-    are swapped in place (`update_weights`, ~1 s) instead of paying an engine start (~35 s) each.
+    """Held-out success of each checkpoint on one engine (vLLM, or TorchEngine with `engine.kind:
+    torch`): the first is loaded at start, the others are swapped in place (`update_weights`, ~1 s)
+    instead of paying an engine start (~35 s for vLLM) each.
     Each summary also gets the checkpoint teacher-forced on the oracle's episodes of the same tasks:
     its copying of tool-call argument values and where its turns first go wrong (`teacher_forced`)."""
     from agentfactory.eval import evaluate, evaluate_engine
-    from agentfactory.llm.vllm_engine import VLLMEngine
+    from agentfactory.llm import TorchEngine, VLLMEngine
     from agentfactory.synth.agents import OracleAgent
 
     results = {}
@@ -243,7 +247,9 @@ def evaluate_models(cfg: EvalStage, models: dict[str, Path], out: Path, console:
     if not names:
         return results
     evaluate(OracleAgent(), config, episodes=out / "oracle.jsonl")  # the same tasks, solved
-    engine = VLLMEngine(str(models[names[0]]), **cfg.engine)
+    kwargs = dict(cfg.engine)
+    engine_cls = TorchEngine if kwargs.pop("kind", "vllm") == "torch" else VLLMEngine
+    engine = engine_cls(str(models[names[0]]), **kwargs)
     try:
         for version, name in enumerate(names):
             if version:

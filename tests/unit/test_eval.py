@@ -187,3 +187,30 @@ def test_turn_errors_count_each_turn_under_its_first_wrong_token():
     assert scores["turns"] == 2 and scores["right"] == 1  # the limit: one record, its two turns
     assert scores["first_error"]["copied value: first token"] == 1
     assert sum(scores["first_error"].values()) == 1
+
+
+def test_eval_stage_runs_on_the_torch_engine(tmp_path):
+    """The quickstart's eval stage with `engine.kind: torch` (no vLLM): each checkpoint is swapped into
+    one engine, evaluated on the same held-out tasks, and teacher-forced on the oracle's episodes."""
+    from rich.console import Console
+
+    from agentfactory.stages import EvalStage, evaluate_models
+    from tests.unit.fakes import tiny_math_checkpoint
+
+    model = tiny_math_checkpoint(tmp_path / "model")
+    stage = EvalStage(
+        domains=["retail_orders"],
+        worlds=1,
+        max_tasks=2,
+        max_tokens=16,
+        models=["base", "sft"],
+        engine={"kind": "torch", "device": "cpu", "max_model_len": 4096},
+    )
+    out = tmp_path / "eval"
+    out.mkdir()
+    results = evaluate_models(stage, {"base": model, "sft": model}, out, Console(quiet=True))
+    assert set(results) == {"base", "sft"} and results["base"] == results["sft"]  # same weights, greedy
+    for name in ("base", "sft"):
+        summary = json.loads((out / f"{name}.json").read_text())
+        assert summary["tasks"] == 2 and "argument_copying" in summary and "turn_errors" in summary
+    assert len((out / "base.jsonl").read_text().splitlines()) == 2
