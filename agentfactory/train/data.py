@@ -2,7 +2,7 @@
 
 Pretraining: documents are tokenized, joined with [EOS] and cut into `seq_len` rows; every token is a
 target. SFT: each row's OpenAI `messages` + `tools` are validated with the `records` models, rendered
-with the K2 chat template (`encode_with_mask`) and only assistant-generated tokens (text, tool calls,
+with the K2 chat template (`encode_many_with_mask`) and only assistant-generated tokens (text, tool calls,
 `<|im_end|>`) are targets; system, user and tool turns and the tool declaration are context only.
 
 Bad input: a row whose messages or tools do not validate raises `DataError` naming the file and the
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from agentfactory.model.chat import EOS, SPECIAL_TOKENS, encode_with_mask, render
+from agentfactory.model.chat import EOS, SPECIAL_TOKENS, encode_many_with_mask, render
 from agentfactory.records import Message, ToolSpec
 from agentfactory.train.config import ChatData, CopyData, RecallData, TextData
 from agentfactory.train.recall import SEPARATOR, recall_documents
@@ -257,10 +257,14 @@ def validate_chat_row(row: Any, path: Path, row_id: str) -> tuple[list[dict], li
     return row["messages"], tools
 
 
+ENCODE_CHUNK = 1024  # conversations per batch-tokenizer call: the speed of one call, bounded memory
+
+
 def load_chat(data: ChatData, tokenizer) -> TokenDataset:
     """Encode every conversation; labels are the ids on assistant tokens and IGNORE elsewhere."""
     ids_rows, label_rows = [], []
     stats = DataStats()
+    conversations: list[tuple[list[dict], list[dict]]] = []
     for path in _check_files(data.paths):
         for row_id, row in _read_rows(path):
             stats.rows += 1
@@ -268,7 +272,9 @@ def load_chat(data: ChatData, tokenizer) -> TokenDataset:
             if not any(m.get("role") == "assistant" for m in messages):
                 stats.skipped_no_assistant += 1
                 continue
-            ids, mask = encode_with_mask(tokenizer, messages, tools)
+            conversations.append((messages, tools))
+    for start in range(0, len(conversations), ENCODE_CHUNK):
+        for ids, mask in encode_many_with_mask(tokenizer, conversations[start : start + ENCODE_CHUNK]):
             if len(ids) > data.seq_len:
                 stats.truncated += 1
                 ids, mask = ids[: data.seq_len], mask[: data.seq_len]

@@ -236,15 +236,19 @@ def test_recall_curriculum_rows_copy_fresh_values_with_loss_on_the_repeat_only(c
 # ---------------------------------------------------------------------------------------- SFT data
 
 
-def test_sft_labels_only_on_assistant_tokens(corpus):
+def test_sft_labels_only_on_assistant_tokens(corpus, monkeypatch):
     tok = load_tokenizer(corpus / "tok")
     data = load_chat(ChatData(paths=[str(corpus / "chat.jsonl")]), tok)
     assert data.stats.rows == 25 and data.stats.used == 24 and data.stats.skipped_no_assistant == 1
-    conv = json.loads((corpus / "chat.jsonl").read_text().splitlines()[0])
-    ids, mask = encode_with_mask(tok, conv["messages"], json.loads(conv["tools"]))
-    assert data.ids[0].tolist() == ids
+    convs = [json.loads(line) for line in (corpus / "chat.jsonl").read_text().splitlines()]
+    convs = [c for c in convs if any(m["role"] == "assistant" for m in c["messages"])]
+    for k, conv in enumerate(convs):  # the batch encoding equals encoding each conversation alone
+        ids, mask = encode_with_mask(tok, conv["messages"], json.loads(conv["tools"]))
+        assert data.ids[k].tolist() == ids
+        assert [int(x != IGNORE) for x in data.labels[k]] == mask
+    monkeypatch.setattr("agentfactory.train.data.ENCODE_CHUNK", 5)  # batches that split the file
+    assert load_chat(ChatData(paths=[str(corpus / "chat.jsonl")]), tok).fingerprint() == data.fingerprint()
     labels = data.labels[0]
-    assert [int(x != IGNORE) for x in labels] == mask
     target_text = tok.decode([t for t in labels.tolist() if t != IGNORE])
     assert "get_order" in target_text and "<|tool_call_begin|>" in target_text  # tool calls are targets
     assert "You help with orders" not in target_text and "Where is order" not in target_text
