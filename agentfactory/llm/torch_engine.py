@@ -96,9 +96,11 @@ class TorchEngine:
         seed: int = 0,
         max_seqs: int = 256,
         cache_bytes: int = 1 << 30,
+        prefill_tokens: int = 32768,
     ) -> None:
         """`device`: "auto" (CUDA when present), "cpu" or "cuda[:i]". `max_seqs` sequences and
-        `cache_bytes` of KV cache bound one decoding batch (larger requests lists run in turns)."""
+        `cache_bytes` of KV cache bound one decoding batch (larger request lists run in turns);
+        prompts are cached `prefill_tokens` padded tokens per forward (activation memory)."""
         from agentfactory.model import K2ForCausalLM
         from agentfactory.model.tokenizer import load_tokenizer
 
@@ -120,6 +122,7 @@ class TorchEngine:
         self.start_s = time.perf_counter() - t0
         self.model_id = f"{self.model_path}@{model_fingerprint(self.model_path)}"
         self.max_model_len, self.max_seqs, self.cache_bytes = max_model_len, max_seqs, cache_bytes
+        self.prefill_tokens = prefill_tokens
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         self.vocab_size = self.model.config.vocab_size
         self.policy_version = 0
@@ -181,7 +184,7 @@ class TorchEngine:
         self, requests: Sequence[GenerationRequest], batch: list[tuple[int, list[int]]]
     ) -> list[_Row]:
         """Prefill the batch's prompts, then sample until every row stopped."""
-        device, P = self.device, len(batch)
+        device = self.device
         lengths = [len(ids) for _, ids in batch]
         rows: list[_Row] = []
         for p, (i, ids) in enumerate(batch):
@@ -190,12 +193,7 @@ class TorchEngine:
             budget = min(params.max_tokens, self.max_model_len - len(ids))
             for k in range(params.n):
                 rows.append(_Row(i, p, len(ids), k, params, random.Random(f"{seed}:{k}"), budget))
-        slots = max(lengths) + max(r.budget for r in rows)
-        cache = KVCache(self.model.config, P, slots, device, self.model.lm_head.weight.dtype)
-        prompt_PT = torch.zeros(P, max(lengths), dtype=torch.long)
-        for p, (_, ids) in enumerate(batch):
-            prompt_PT[p, : len(ids)] = torch.tensor(ids)
-        logits = self.model.decode(prompt_PT.to(device), cache, torch.tensor(lengths, device=device))
+        cache, logits = self._prefill([ids for _, ids in batch], max(lengths) + max(r.budget for r in rows))
         expand_R = torch.tensor([r.prompt for r in rows], device=device)
         cache.select(expand_R)
         logits = logits.index_select(0, expand_R)
@@ -220,6 +218,28 @@ class TorchEngine:
                 live, token_R = [live[k] for k in running], token_R.index_select(0, keep)
             ones_R = torch.ones(len(live), dtype=torch.long, device=device)
             logits = self.model.decode(token_R[:, None], cache, ones_R)
+
+    def _prefill(self, prompts: list[list[int]], slots: int) -> tuple[KVCache, torch.Tensor]:
+        """Cache the (length-sorted) prompts, at most `prefill_tokens` padded tokens per forward;
+        returns the cache and each prompt's next-token logits."""
+        chunks: list[list[list[int]]] = [[]]
+        for ids in prompts:
+            if chunks[-1] and (len(chunks[-1]) + 1) * len(ids) > self.prefill_tokens:
+                chunks.append([])
+            chunks[-1].append(ids)
+        caches, logits = [], []
+        for chunk in chunks:
+            lengths = [len(ids) for ids in chunk]
+            ids_PT = torch.zeros(len(chunk), max(lengths), dtype=torch.long)
+            for p, ids in enumerate(chunk):
+                ids_PT[p, : len(ids)] = torch.tensor(ids)
+            cache = KVCache(
+                self.model.config, len(chunk), slots, self.device, self.model.lm_head.weight.dtype
+            )
+            new_P = torch.tensor(lengths, device=self.device)
+            logits.append(self.model.decode(ids_PT.to(self.device), cache, new_P))
+            caches.append(cache)
+        return KVCache.concat(caches), torch.cat(logits)
 
     def _append(self, row: _Row, token: int, logp: float) -> None:
         row.ids.append(token)

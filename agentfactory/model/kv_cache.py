@@ -59,6 +59,16 @@ class KVCache:
         self.longest = int(self.lengths_B.max()) if self.rows else 0
         self._pos_BT = None
 
+    @classmethod
+    def concat(cls, caches: list[KVCache]) -> KVCache:
+        """One cache holding the rows of `caches` (same config and slots) in order."""
+        out = caches[0]
+        out.k = [torch.cat(ks) for ks in zip(*(c.k for c in caches), strict=True)]
+        out.v = [torch.cat(vs) for vs in zip(*(c.v for c in caches), strict=True)]
+        out.lengths_B = torch.cat([c.lengths_B for c in caches])
+        out.longest = max(c.longest for c in caches)
+        return out
+
     def select(self, rows_R: torch.Tensor) -> None:
         """Keep rows `rows_R` in that order (repeat a prompt's row for n samples, drop finished rows)."""
         self.k = [k.index_select(0, rows_R) for k in self.k]

@@ -84,12 +84,11 @@ def test_seeded_samples_do_not_depend_on_the_batch(engine):
     first = together[0]
     assert [c.index for c in first] == [0, 1, 2]
     assert len({tuple(c.token_ids) for c in first}) == 3  # n samples differ
-    # small batches (max_seqs, cache_bytes) give the same greedy output as one batch
-    engine.max_seqs = 2
+    # small batches (max_seqs) and prefill chunks give the same output as one batch
     greedy = [_request(i, temperature=0.0) for i in range(4)]
-    assert [g[0].token_ids for g in engine.generate(greedy)] == [
-        engine.generate([r])[0][0].token_ids for r in greedy
-    ]
+    whole = [[c.token_ids for c in g] for g in engine.generate([*greedy, *mixed])]
+    engine.max_seqs, engine.prefill_tokens = 2, 30
+    assert [[c.token_ids for c in g] for g in engine.generate([*greedy, *mixed])] == whole
 
 
 def test_sampler_draws_the_nucleus_distribution():
