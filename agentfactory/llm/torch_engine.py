@@ -200,12 +200,17 @@ class TorchEngine:
         live = list(range(len(rows)))  # cache row j holds rows[live[j]]
         temperature_R = torch.tensor([r.params.temperature for r in rows], device=device)
         top_p_R = torch.tensor([r.params.top_p for r in rows], device=device)
+        greedy = all(r.params.temperature == 0 for r in rows)  # no sort of the vocabulary needed
         while True:
-            idx_R = torch.tensor(live, device=device)
-            u_R = torch.tensor([rows[j].rng.random() for j in live], device=device)
-            token_R, logp_R = sample_tokens(
-                logits, temperature_R.index_select(0, idx_R), top_p_R.index_select(0, idx_R), u_R
-            )
+            if greedy:
+                logp_RV = logits.float().log_softmax(-1)
+                logp_R, token_R = logp_RV.max(-1)
+            else:
+                idx_R = torch.tensor(live, device=device)
+                u_R = torch.tensor([rows[j].rng.random() for j in live], device=device)
+                token_R, logp_R = sample_tokens(
+                    logits, temperature_R.index_select(0, idx_R), top_p_R.index_select(0, idx_R), u_R
+                )
             for j, token, logp in zip(live, token_R.tolist(), logp_R.tolist(), strict=True):
                 if rows[j].finish is None:
                     self._append(rows[j], token, logp)
