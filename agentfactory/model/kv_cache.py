@@ -61,7 +61,8 @@ class KVCache:
 
     @classmethod
     def concat(cls, caches: list[KVCache]) -> KVCache:
-        """One cache holding the rows of `caches` (same config and slots) in order."""
+        """One cache holding the rows of `caches` (same config and slots) in order; the first is
+        reused for it."""
         out = caches[0]
         out.k = [torch.cat(ks) for ks in zip(*(c.k for c in caches), strict=True)]
         out.v = [torch.cat(vs) for vs in zip(*(c.v for c in caches), strict=True)]
