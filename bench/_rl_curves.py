@@ -79,6 +79,11 @@ def save(result: dict, out: Path, name: str, *, score: str, labels: dict[str, st
     ax.plot(
         [p["rl_seconds"] / 60 for p in c], [p[score] for p in c], "o-", label=f"held-out {score} (greedy)"
     )
+    t = [p for p in c if "train" in p]
+    if t:
+        ax.plot(
+            [p["rl_seconds"] / 60 for p in t], [p["train"][score] for p in t], "s-", label=f"RL-world {score}"
+        )
     for key, label in labels.items():
         r = [p for p in result["train_reward"] if p.get(key) is not None]
         ax.plot([p["rl_seconds"] / 60 for p in r], [p[key] for p in r], alpha=0.5, label=label)

@@ -47,7 +47,12 @@ def tool_use_rl(args, work: Path, **overrides):
     from agentfactory.rl.config import EnvSpec, RLConfig
 
     start, stop = (int(x) for x in args.worlds.split(":"))
-    env = {"domains": DOMAINS, "world_seeds": list(range(start, stop)), "agents": AGENTS}
+    env = {
+        "domains": DOMAINS,
+        "world_seeds": list(range(start, stop)),
+        "agents": AGENTS,
+        "weights": dict(args.reward),
+    }
     return RLConfig(
         model=str(args.model),
         envs=[EnvSpec(kind="tool_use", config=env)],
@@ -63,16 +68,28 @@ def tool_use_rl(args, work: Path, **overrides):
     )
 
 
-def heldout_success(engine, config) -> dict:
+def heldout_success(engine, config, train_config=None) -> dict:
+    """Greedy success on the held-out tasks and, with `train_config`, on tasks of the RL worlds
+    (`train`: does RL raise success where it trains, whether or not that carries over)."""
     from agentfactory.eval.heldout import evaluate_engine
 
     s = evaluate_engine(engine, config)
-    return {
+    point = {
         "success": s["success"],
         "tasks": s["tasks"],
         "rate": s["success_rate"],
         "reasons": s["failure_reasons"],
     }
+    if train_config is not None:
+        t = evaluate_engine(engine, train_config)
+        point["train"] = {"success": t["success"], "tasks": t["tasks"], "rate": t["success_rate"]}
+        print(f"  RL-world tasks: {t['success']}/{t['tasks']}", flush=True)
+    return point
+
+
+def weight(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    return name, float(value)
 
 
 def main() -> None:
@@ -85,6 +102,20 @@ def main() -> None:
     ap.add_argument("--eval-worlds", type=int, default=2, help="held-out worlds 0..N-1")
     ap.add_argument("--eval-tasks", type=int, default=96)
     ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument(
+        "--train-eval-worlds",
+        type=int,
+        default=0,
+        help="also play the first N RL worlds' tasks greedily at each evaluation (0: off)",
+    )
+    ap.add_argument(
+        "--reward",
+        type=weight,
+        nargs="*",
+        default=[],
+        metavar="NAME=W",
+        help="ToolUseEnv reward weights, e.g. rubric=1 correct=1 (default: rubric share alone)",
+    )
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-4, help="RL Muon lr (AdamW groups: lr/5)")
@@ -106,6 +137,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="af-rl-tool-use-"))
     eval_cfg = EvalConfig(worlds=args.eval_worlds, max_tasks=args.eval_tasks, agents=AGENTS)
+    world0 = int(args.worlds.split(":")[0])
+    train_cfg = (
+        EvalConfig(world_start=world0, worlds=args.train_eval_worlds, domains=DOMAINS, agents=AGENTS)
+        if args.train_eval_worlds
+        else None
+    )
 
     if args.engine == "torch":
         engine = TorchEngine(args.model, device=args.device, max_model_len=4096, cache_bytes=8 << 30)
@@ -126,7 +163,7 @@ def main() -> None:
     curve, rewards = rl_with_evals(
         rl_cfg,
         engine,
-        lambda e: heldout_success(e, eval_cfg),
+        lambda e: heldout_success(e, eval_cfg, train_cfg),
         score="rate",
         minutes=args.rl_minutes,
         every=args.eval_every,

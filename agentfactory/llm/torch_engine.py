@@ -10,6 +10,9 @@ CUDA graphs); this one is plain PyTorch a reader can follow.
   `cache_bytes` of KV cache. A batch prefills each distinct prompt once (right-padded, causal),
   repeats its cache rows for the request's `n` samples, then decodes one token per step for every
   row still running; rows that finished are dropped from the cache once a quarter of them are done.
+- Prefix cache (`llm/prefix_cache.py`): finished sequences' keys/values are kept, and a prompt that
+  continues one (the next turn of an episode) prefills only its new tokens; rows are prefilled
+  grouped by how many tokens they still need. New weights drop the cache.
 - Sampling per row: temperature 0 is greedy; otherwise temperature then top-p (nucleus), drawn by
   inverse CDF from the row's own `random.Random(seed, sample index)`, so a seeded request gives the
   same tokens whatever else is in the batch. Logprobs are the raw model's (temperature 1, no top-p),
@@ -36,6 +39,7 @@ import torch
 
 from agentfactory.llm.base import Completion, GenerationRequest, SamplingParams
 from agentfactory.llm.local import admit, check_model_dir, completion, model_fingerprint, prompt_ids
+from agentfactory.llm.prefix_cache import PrefixCache
 from agentfactory.model.chat import IM_END
 from agentfactory.model.kv_cache import KVCache
 
@@ -97,10 +101,13 @@ class TorchEngine:
         max_seqs: int = 256,
         cache_bytes: int = 1 << 30,
         prefill_tokens: int = 32768,
+        prefix_cache_bytes: int = 2 << 30,
     ) -> None:
         """`device`: "auto" (CUDA when present), "cpu" or "cuda[:i]". `max_seqs` sequences and
         `cache_bytes` of KV cache bound one decoding batch (larger request lists run in turns);
-        prompts are cached `prefill_tokens` padded tokens per forward (activation memory)."""
+        prompts are cached `prefill_tokens` padded tokens per forward (activation memory).
+        `prefix_cache_bytes` keeps finished sequences' keys/values for prompts that continue
+        them (0: off)."""
         from agentfactory.model import K2ForCausalLM
         from agentfactory.model.tokenizer import load_tokenizer
 
@@ -123,6 +130,7 @@ class TorchEngine:
         self.model_id = f"{self.model_path}@{model_fingerprint(self.model_path)}"
         self.max_model_len, self.max_seqs, self.cache_bytes = max_model_len, max_seqs, cache_bytes
         self.prefill_tokens = prefill_tokens
+        self.prefix = PrefixCache(prefix_cache_bytes)
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         self.vocab_size = self.model.config.vocab_size
         self.policy_version = 0
@@ -193,8 +201,9 @@ class TorchEngine:
             budget = min(params.max_tokens, self.max_model_len - len(ids))
             for k in range(params.n):
                 rows.append(_Row(i, p, len(ids), k, params, random.Random(f"{seed}:{k}"), budget))
-        cache, logits = self._prefill([ids for _, ids in batch], max(lengths) + max(r.budget for r in rows))
-        expand_R = torch.tensor([r.prompt for r in rows], device=device)
+        prompts = [ids for _, ids in batch]
+        cache, logits, row_of = self._prefill(prompts, max(lengths) + max(r.budget for r in rows))
+        expand_R = torch.tensor([row_of[r.prompt] for r in rows], device=device)
         cache.select(expand_R)
         logits = logits.index_select(0, expand_R)
         live = list(range(len(rows)))  # cache row j holds rows[live[j]]
@@ -216,35 +225,58 @@ class TorchEngine:
                     self._append(rows[j], token, logp)
             running = [k for k, j in enumerate(live) if rows[j].finish is None]
             if not running:
+                self._keep(cache, prompts, [(k, rows[j]) for k, j in enumerate(live)])
                 return rows
             if len(running) <= 0.75 * len(live):  # compact: stop computing rows that are done
+                self._keep(cache, prompts, [(k, rows[j]) for k, j in enumerate(live) if rows[j].finish])
                 keep = torch.tensor(running, device=device)
                 cache.select(keep)
                 live, token_R = [live[k] for k in running], token_R.index_select(0, keep)
             ones_R = torch.ones(len(live), dtype=torch.long, device=device)
             logits = self.model.decode(token_R[:, None], cache, ones_R)
 
-    def _prefill(self, prompts: list[list[int]], slots: int) -> tuple[KVCache, torch.Tensor]:
-        """Cache the (length-sorted) prompts, at most `prefill_tokens` padded tokens per forward;
-        returns the cache and each prompt's next-token logits."""
-        chunks: list[list[list[int]]] = [[]]
-        for ids in prompts:
-            if chunks[-1] and (len(chunks[-1]) + 1) * len(ids) > self.prefill_tokens:
+    def _prefill(self, prompts: list[list[int]], slots: int) -> tuple[KVCache, torch.Tensor, list[int]]:
+        """Cache the prompts: from the prefix cache as far as it holds them, the rest computed, by
+        how many tokens are left (few-token and many-token rows in separate forwards, at most
+        `prefill_tokens` padded tokens each). Returns the cache, the next-token logits, and which
+        of their rows holds each prompt."""
+        found = [self.prefix.lookup(ids, len(ids) - 1) for ids in prompts]  # ≥ 1 token left to feed
+        new = [len(ids) - n for ids, (_, n) in zip(prompts, found, strict=True)]
+        order = sorted(range(len(prompts)), key=new.__getitem__)
+        chunks: list[list[int]] = [[]]
+        for p in order:
+            if chunks[-1] and (len(chunks[-1]) + 1) * new[p] > self.prefill_tokens:
                 chunks.append([])
-            chunks[-1].append(ids)
+            chunks[-1].append(p)
+        # a row fed fewer tokens than its chunk's widest is padded past its own end: room for that
+        slots = max(slots, *(max(found[p][1] for p in c) + new[c[-1]] for c in chunks))
         caches, logits = [], []
         for chunk in chunks:
-            lengths = [len(ids) for ids in chunk]
-            ids_PT = torch.zeros(len(chunk), max(lengths), dtype=torch.long)
-            for p, ids in enumerate(chunk):
-                ids_PT[p, : len(ids)] = torch.tensor(ids)
             cache = KVCache(
                 self.model.config, len(chunk), slots, self.device, self.model.lm_head.weight.dtype
             )
-            new_P = torch.tensor(lengths, device=self.device)
+            ids_PT = torch.zeros(len(chunk), new[chunk[-1]], dtype=torch.long)
+            for r, p in enumerate(chunk):
+                entry, n = found[p]
+                ids_PT[r, : new[p]] = torch.tensor(prompts[p][n:])
+                if entry is not None:
+                    cache.load_row(r, entry.k, entry.v, n)
+            new_P = torch.tensor([new[p] for p in chunk], device=self.device)
             logits.append(self.model.decode(ids_PT.to(self.device), cache, new_P))
             caches.append(cache)
-        return KVCache.concat(caches), torch.cat(logits)
+        row_of = [0] * len(prompts)
+        for r, p in enumerate(order):
+            row_of[p] = r
+        return KVCache.concat(caches), torch.cat(logits), row_of
+
+    def _keep(self, cache: KVCache, prompts: list[list[int]], finished: list[tuple[int, _Row]]) -> None:
+        """Put finished rows (cache row, row) into the prefix cache: the prompt and the sampled ids
+        but the last (never fed back, so it has no keys/values)."""
+        if self.prefix.max_bytes <= 0:
+            return
+        for j, row in finished:
+            ids = prompts[row.prompt] + row.ids[:-1]
+            self.prefix.add(ids, *cache.take_row(j, len(ids)))
 
     def _append(self, row: _Row, token: int, logp: float) -> None:
         row.ids.append(token)
@@ -309,15 +341,17 @@ class TorchEngine:
         unexpected = self.model.load_state_dict(state, strict=False).unexpected_keys
         if unexpected:
             raise ValueError(f"weights the model does not have: {sorted(unexpected)[:5]}")
+        self.prefix.clear()  # keys/values computed by the old weights
         self.policy_version = version
         return {"total_s": time.perf_counter() - t0, "tensors": float(len(state))}
 
     # --------------------------------------------------------------------------------- lifecycle
     def sleep(self) -> None:
-        """GPU: move the weights to the host so training has the memory (no KV cache is kept
-        between calls). CPU: no-op."""
+        """GPU: move the weights to the host so training has the memory (the prefix cache is
+        dropped). CPU: only the prefix cache is dropped."""
         if self.device.type != "cpu":
             self.model.to("cpu")
+        self.prefix.clear()
         self.sleeping = True
 
     def wake_up(self) -> None:
@@ -328,3 +362,4 @@ class TorchEngine:
     def close(self) -> None:
         """Drop the model; the engine is unusable afterwards."""
         self.model = None  # type: ignore[assignment]
+        self.prefix.clear()

@@ -70,6 +70,18 @@ class KVCache:
         out.longest = max(c.longest for c in caches)
         return out
 
+    def load_row(self, row: int, k: list[torch.Tensor], v: list[torch.Tensor], n: int) -> None:
+        """Start row `row` from the first `n` tokens of a sequence's per-layer (H, ≥n, K) keys/values."""
+        for i in range(len(self.k)):
+            self.k[i][row, :, :n] = k[i][:, :n]
+            self.v[i][row, :, :n] = v[i][:, :n]
+        self.lengths_B[row] = n
+        self.longest = max(self.longest, n)
+
+    def take_row(self, row: int, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Copies of row `row`'s first `n` slots, per layer (H, n, K)."""
+        return [k[row, :, :n].clone() for k in self.k], [v[row, :, :n].clone() for v in self.v]
+
     def select(self, rows_R: torch.Tensor) -> None:
         """Keep rows `rows_R` in that order (repeat a prompt's row for n samples, drop finished rows)."""
         self.k = [k.index_select(0, rows_R) for k in self.k]

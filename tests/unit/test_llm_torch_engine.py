@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from agentfactory.llm import GenerationRequest, SamplingParams
+from agentfactory.llm.prefix_cache import BLOCK, PrefixCache
 from agentfactory.llm.torch_engine import TorchEngine, sample_tokens
 from agentfactory.model import K2Config, K2ForCausalLM
 from agentfactory.model.kv_cache import KVCache
@@ -169,3 +170,60 @@ def test_update_weights_from_state_dicts_and_dirs(engine, checkpoint, tmp_path):
         engine.generate([req])
     engine.wake_up()
     assert engine.generate([req])[0][0].policy_version == 5
+
+
+def test_prefix_cache_finds_the_longest_shared_prefix_and_evicts_by_bytes():
+    def kv(n: int, fill: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [torch.full((2, n, 4), fill)], [torch.full((2, n, 4), -fill)]
+
+    cache = PrefixCache(max_bytes=2 * 2 * (2 * 40 * 4 * 4))  # room for two 40-token entries
+    a = list(range(40))
+    b = list(range(20)) + [99] * 20  # shares a's first 20 tokens (one whole block + 4)
+    cache.add(a, *kv(40, 1.0))
+    cache.add(b, *kv(40, 2.0))
+    cache.add(list(range(BLOCK - 1)), *kv(BLOCK - 1, 3.0))  # shorter than a block: not kept
+    assert len(cache.entries) == 2
+    entry, n = cache.lookup([*a, 7, 8], limit=41)
+    assert n == 40 and entry.k[0][0, 0, 0] == 1.0  # all of a
+    entry, n = cache.lookup([*a[:35], 5], limit=100)
+    assert n == 35 and entry.ids == tuple(a)  # a's blocks, then token by token
+    entry, n = cache.lookup(list(range(20)) + [99] * 3, limit=22)
+    assert n == 22 and entry.ids == tuple(b)  # the limit caps the match
+    assert cache.lookup([5] * 40, limit=40) == (None, 0)
+    cache.lookup(a, limit=40)  # a is now the most recently used: adding a third evicts b
+    cache.add([1] * 40, *kv(40, 4.0))
+    assert cache.lookup(b, limit=40)[1] == 20  # what b shares with a is still found, in a
+    assert cache.lookup(a, limit=40)[1] == 40 and cache.bytes <= cache.max_bytes
+    cache.clear()
+    assert cache.lookup(a, limit=40) == (None, 0) and cache.bytes == 0
+
+
+def test_prefix_cache_continues_a_conversation_as_if_prefilled(checkpoint):
+    """Turn 2 continues turn 1's exact ids (token in, token out): with the prefix cache only the new
+    tokens are prefilled, and the samples, logprobs and finish reasons equal an uncached engine's."""
+    cached = TorchEngine(checkpoint, device="cpu", max_model_len=128)
+    plain = TorchEngine(checkpoint, device="cpu", max_model_len=128, prefix_cache_bytes=0)
+    turn1 = [_request(0, seed=1, n=2), _request(1, temperature=0.0), _request(2, seed=3, top_p=0.9)]
+    first = cached.generate(turn1)
+    assert [[c.token_ids for c in g] for g in first] == [
+        [c.token_ids for c in g] for g in plain.generate(turn1)
+    ]
+    tail = cached.tokenizer("\n<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    turn2, reused = [], 0
+    for req, group in zip(turn1, first, strict=True):
+        for c in group:
+            ids = cached.prompt_ids(req) + c.token_ids + tail
+            params = req.params.model_copy(update={"n": 1, "max_tokens": 8})
+            turn2.append(GenerationRequest(id=f"{req.id}.{c.index}", prompt_ids=ids, params=params))
+            reused += len(cached.prompt_ids(req)) + len(c.token_ids) - 1
+    hits = cached.prefix.hit_tokens
+    again, expected = cached.generate(turn2), plain.generate(turn2)
+    assert cached.prefix.hit_tokens - hits == reused  # every prefix found, all of it
+    for (c,), (e,) in zip(again, expected, strict=True):
+        assert c.token_ids == e.token_ids and c.finish_reason == e.finish_reason
+        assert max(abs(x - y) for x, y in zip(c.logprobs, e.logprobs, strict=True)) < 1e-5
+    # new weights make the cached keys/values stale: nothing is reused after an update
+    cached.update_weights(str(checkpoint), version=1)
+    hits = cached.prefix.hit_tokens
+    cached.generate(turn2[:1])
+    assert cached.prefix.hit_tokens == hits and plain.prefix.hit_tokens == 0
