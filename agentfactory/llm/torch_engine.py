@@ -22,7 +22,7 @@ CUDA graphs); this one is plain PyTorch a reader can follow.
   markers are special tokens), the final `<|im_end|>` left out of it but kept in the ids.
 - `update_weights(state_dict | path, version)` copies tensors into the engine's own model (the
   trainer's model is never shared: a rollout running beside training must not see half an update).
-- `sleep()` moves the weights to the host on a GPU (and `wake_up()` back); on the CPU both are no-ops.
+- `sleep()` moves the weights to the host on a GPU (and `wake_up()` back) and drops the prefix cache.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 @dataclass
 class _Row:
-    """One sampled sequence: sample `index` of request `req`, whose prompt is the batch's `prompt`-th."""
+    """One sampled sequence: sample `index` of request `req`, whose prompt is the batch's `prompt`-th
+    distinct one."""
 
     req: int
     prompt: int
@@ -191,18 +192,19 @@ class TorchEngine:
     def _decode(
         self, requests: Sequence[GenerationRequest], batch: list[tuple[int, list[int]]]
     ) -> list[_Row]:
-        """Prefill the batch's prompts, then sample until every row stopped."""
+        """Prefill the batch's distinct prompts, then sample until every row stopped."""
         device = self.device
-        lengths = [len(ids) for _, ids in batch]
+        distinct: dict[tuple[int, ...], int] = {}  # requests with the same prompt share its prefill
         rows: list[_Row] = []
-        for p, (i, ids) in enumerate(batch):
+        for i, ids in batch:
+            p = distinct.setdefault(tuple(ids), len(distinct))
             params = requests[i].params
             seed = params.seed if params.seed is not None else self._seeds.randrange(2**63)
             budget = min(params.max_tokens, self.max_model_len - len(ids))
             for k in range(params.n):
                 rows.append(_Row(i, p, len(ids), k, params, random.Random(f"{seed}:{k}"), budget))
-        prompts = [ids for _, ids in batch]
-        cache, logits, row_of = self._prefill(prompts, max(lengths) + max(r.budget for r in rows))
+        prompts = [list(ids) for ids in distinct]
+        cache, logits, row_of = self._prefill(prompts, max(map(len, prompts)) + max(r.budget for r in rows))
         expand_R = torch.tensor([row_of[r.prompt] for r in rows], device=device)
         cache.select(expand_R)
         logits = logits.index_select(0, expand_R)

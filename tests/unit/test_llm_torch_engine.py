@@ -227,3 +227,16 @@ def test_prefix_cache_continues_a_conversation_as_if_prefilled(checkpoint):
     hits = cached.prefix.hit_tokens
     cached.generate(turn2[:1])
     assert cached.prefix.hit_tokens == hits and plain.prefix.hit_tokens == 0
+
+
+def test_requests_with_the_same_prompt_share_one_prefill(engine, monkeypatch):
+    prefilled: list[int] = []
+    prefill = engine._prefill
+    monkeypatch.setattr(
+        engine, "_prefill", lambda prompts, slots: prefilled.append(len(prompts)) or prefill(prompts, slots)
+    )
+    same = [_request(1, seed=5), _request(1, seed=5, n=2), _request(1, temperature=0.0)]
+    out = engine.generate(same)
+    assert prefilled == [1]  # three requests, one prompt
+    assert out[0][0].token_ids == out[1][0].token_ids != out[1][1].token_ids  # same seed and index
+    assert out[2][0].token_ids == engine.generate([same[2]])[0][0].token_ids
