@@ -150,6 +150,7 @@ def main() -> None:
         engine = VLLMEngine(
             args.model, kv_cache_memory_bytes=256 << 20, max_model_len=4096, enforce_eager=True
         )
+    success_weighted = bool(dict(args.reward).get("correct"))
     rl_cfg = tool_use_rl(
         args,
         work,
@@ -167,7 +168,11 @@ def main() -> None:
         score="rate",
         minutes=args.rl_minutes,
         every=args.eval_every,
-        logged={"reward": "reward/tool_use", "correct": "metric/correct"},
+        # a reward component with a weight is logged as component/NAME, a weight-0 one as metric/NAME
+        logged={
+            "reward": "reward/tool_use",
+            "correct": f"{'component' if success_weighted else 'metric'}/correct",
+        },
     )
     first, last = curve[0], curve[-1]
     result = {
@@ -183,7 +188,8 @@ def main() -> None:
         "train_reward": rewards,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "work"},
     }
-    labels = {"reward": "train reward (rubric share)", "correct": "train success (sampled)"}
+    shown = " + ".join(f"{w:g}·{name}" for name, w in args.reward) or "rubric share"
+    labels = {"reward": f"train reward ({shown})", "correct": "train success (sampled)"}
     title = f"RL on ToolUseEnv: {result['gain_points']:+.1f} points held-out"
     save(result, args.out, "rl_tool_use", score="rate", labels=labels, title=title)
 
