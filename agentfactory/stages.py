@@ -26,6 +26,10 @@ class TokenizerStage(StrictModel):
     spaces: Literal["trailing", "leading"] = Field(
         "trailing", description="which word a space belongs to (trailing: values copy token for token)"
     )
+    digits: Literal["single", "pairs", "runs"] = Field(
+        "single",
+        description="digit tokens: one per digit, two-digit pieces from the left, or BPE-merged runs",
+    )
 
 
 class CorpusStage(StrictModel):
@@ -170,7 +174,7 @@ def train_tokenizer_stage(
     from agentfactory.eval.copying import copyable_arguments
     from agentfactory.model import iter_corpus, train_tokenizer
 
-    tok = train_tokenizer(iter_corpus(corpora), cfg.vocab_size, out, spaces=cfg.spaces)
+    tok = train_tokenizer(iter_corpus(corpora), cfg.vocab_size, out, spaces=cfg.spaces, digits=cfg.digits)
     summary: dict[str, Any] = {"vocab_size": len(tok), "path": str(out)}
     line = f"tokenizer: {len(tok)} tokens"
     if dataset.exists():

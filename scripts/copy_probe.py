@@ -41,7 +41,7 @@ Pair = tuple[list[int], list[int]]  # (context up to the repeat, the repeat)
 def recall_pairs(corpus: str, merged_digits: bool) -> tuple[list[Pair], int, int]:
     with open(corpus, encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line in f]
-    tok = train_tokenizer(texts, 4096, split_digits=not merged_digits)
+    tok = train_tokenizer(texts, 4096, digits="runs" if merged_digits else "single")
     pairs = []
     for doc in (d for d in texts if d.startswith("Note:")):
         first, again = doc.split("\nAgain:")

@@ -6,9 +6,11 @@ vLLM load it offline and render chats exactly as `chat.render` does.
 
 Choices, and why:
 - Byte-level: every string is encodable, no [UNK] ever appears (the token exists for tools that expect it).
-- Digits split one per token (`Digits(individual_digits=True)` before ByteLevel): a small model copies an
-  order id or a number digit by digit far more reliably than through arbitrary multi-digit merges
-  (see shared/notes/cpu-learning.md).
+- Digits never merge with letters, and a number tokenizes the same wherever it stands, so copying it
+  is token-for-token copying. `digits="single"` (the default) gives one token per digit; `"pairs"` cuts a
+  digit run into two-digit pieces from the left (`7698` -> `76`,`98`): half the tokens to copy, and
+  each 10x rarer in the context, so an induction head finds the place to copy from with less
+  ambiguity; `"runs"` lets BPE merge whole digit runs (a number's split then depends on BPE's merges).
 - Spaces end a word instead of starting the next (`"is "`, `"os"`, where GPT-2-style BPE has `"is"`,
   `" os"`): a value the user typed after a space then tokenizes exactly as it does after the `"` of a
   JSON tool argument, so copying it into a tool call is token-for-token copying. With leading spaces
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 
 NON_SPECIAL = (THINK_BEGIN, THINK_END)  # atomic added tokens that decoding never skips
 # Pre-token pieces with the space at the end: a word or a punctuation run takes one following space;
-# a digit run (single digits unless split_digits=False) never does, so digits read the same
+# a digit run (pre-split by `digits`) never does, so digits read the same
 # everywhere; any other whitespace run stands alone.
 TRAILING_SPACE_PATTERN = r"\p{L}+ ?|[^\s\p{L}\p{N}]+ ?|\p{N}+|\s+"
 
@@ -65,7 +67,7 @@ def train_tokenizer(
     *,
     min_frequency: int = 2,
     model_max_length: int = 131072,
-    split_digits: bool = True,
+    digits: Literal["single", "pairs", "runs"] = "single",
     spaces: Literal["trailing", "leading"] = "trailing",
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE of `vocab_size` tokens in total (special tokens and the 256 byte symbols
@@ -86,10 +88,14 @@ def train_tokenizer(
         if spaces == "trailing"
         else [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]  # GPT-2's regex
     )
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        # split_digits=False: BPE may merge digit runs
-        [pre_tokenizers.Digits(individual_digits=split_digits), *words]
-    )
+    numbers = {
+        "single": [pre_tokenizers.Digits(individual_digits=True)],
+        "pairs": [pre_tokenizers.Split(Regex(r"\d{1,2}"), behavior="isolated")],
+        "runs": [pre_tokenizers.Digits(individual_digits=False)],
+    }
+    if digits not in numbers:
+        raise ValueError(f"digits must be one of {', '.join(numbers)}, got {digits!r}")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*numbers[digits], *words])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)  # offsets only; adds no tokens
     trainer = trainers.BpeTrainer(

@@ -142,6 +142,11 @@ class ChatData(StrictModel):
         min_length=1, description=".jsonl / .json / .parquet files or a datasets.save_to_disk folder"
     )
     seq_len: PositiveInt = Field(1024, description="longer conversations are truncated (and counted)")
+    targets: Literal["assistant", "all"] = Field(
+        "assistant",
+        description="tokens the loss covers: the assistant's (SFT), or all (system, user and tool turns "
+        "too: the values a tool call copies are said there, so the forward pass is not half wasted)",
+    )
     length_groups: PositiveInt = Field(
         16,
         description="steps whose rows are drawn together and split by length (1 = plain random "

@@ -283,7 +283,12 @@ def load_chat(data: ChatData, tokenizer) -> TokenDataset:
                 stats.skipped_truncated_away += 1
                 continue
             ids_t = torch.tensor(ids)
-            labels = torch.where(torch.tensor(mask, dtype=torch.bool), ids_t, IGNORE)
+            keep = (
+                torch.tensor(mask, dtype=torch.bool)
+                if data.targets == "assistant"
+                else torch.ones_like(ids_t, dtype=torch.bool)
+            )
+            labels = torch.where(keep, ids_t, IGNORE)
             ids_rows.append(ids_t)
             label_rows.append(labels)
             stats.used += 1

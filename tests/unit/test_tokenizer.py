@@ -143,15 +143,25 @@ def test_iter_corpus_renders_chat_records(tmp_path):
     assert got == [render(msgs), "plain", "line one\n", "line two\n"]
 
 
-def test_digit_runs_merge_only_when_asked():
+def test_digits_single_pairs_or_runs():
     texts = [f"order {n} shipped" for n in range(1000, 1400)] * 3
     split = train_tokenizer(texts, 400)
-    merged = train_tokenizer(texts, 400, split_digits=False)
-    assert len(split.encode("1234", add_special_tokens=False)) == 4
+    pairs = train_tokenizer(texts, 400, digits="pairs")
+    merged = train_tokenizer(texts, 400, digits="runs")
+    pieces = lambda tok, s: [tok.decode([i]) for i in tok.encode(s, add_special_tokens=False)]  # noqa: E731
+    assert pieces(split, "1234") == ["1", "2", "3", "4"]
+    # pairs from the left, the same pieces wherever the number stands (a JSON value, after a word)
+    assert pieces(pairs, "12345") == ["12", "34", "5"]
+    for text in ('{"id": "1234"}', "order 1234 shipped", "id 1234."):
+        got = pieces(pairs, text)
+        assert got[got.index("12") : got.index("12") + 2] == ["12", "34"], got
     assert len(merged.encode("1234", add_special_tokens=False)) < 4
-    assert (
-        merged.decode(merged.encode("order 1234 shipped", add_special_tokens=False)) == "order 1234 shipped"
-    )
+    for tok in (split, pairs, merged):
+        assert (
+            tok.decode(tok.encode("order 12345 shipped", add_special_tokens=False)) == "order 12345 shipped"
+        )
+    with pytest.raises(ValueError, match="digits must be one of"):
+        train_tokenizer(texts, 400, digits="triples")
 
 
 def test_trailing_spaces_make_values_copy_token_for_token():

@@ -253,6 +253,10 @@ def test_sft_labels_only_on_assistant_tokens(corpus, monkeypatch):
     assert "get_order" in target_text and "<|tool_call_begin|>" in target_text  # tool calls are targets
     assert "You help with orders" not in target_text and "Where is order" not in target_text
     assert '"status"' not in target_text  # the tool result is context
+    every = load_chat(ChatData(paths=[str(corpus / "chat.jsonl")], targets="all"), tok)
+    assert [x.tolist() for x in every.ids] == [x.tolist() for x in data.ids]
+    assert all((lab == ids).all() for lab, ids in zip(every.labels, every.ids, strict=True))
+    assert every.stats.target_tokens == every.stats.tokens - every.stats.used  # all but each first token
 
 
 def test_sft_reads_the_synthesis_export(corpus, tmp_path):
