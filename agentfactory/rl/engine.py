@@ -11,6 +11,7 @@ printed and counted (`engine/restarts` in metrics.jsonl); after `max_restarts` t
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -123,3 +124,27 @@ class RecoveringEngine:
 
     def close(self) -> None:
         self.engine.close()
+
+
+class RolloutStopped(Exception):
+    """A prefetched rollout gave up because the training beside it failed or was interrupted."""
+
+
+class StoppableEngine:
+    """The engine as a prefetched rollout (`overlap`) sees it: every `generate` first checks `stop`.
+    When training fails or Ctrl-C lands, the loop sets `stop` and the rollout ends at its next engine
+    call, so the user waits one call, not the rest of the rollout (nothing is lost: RL resumes from
+    the last checkpoint, which the stopped rollout never touched)."""
+
+    def __init__(self, engine: Any, stop: threading.Event) -> None:
+        self.engine, self.stop = engine, stop
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "engine":  # not set yet (copy, pickle)
+            raise AttributeError(name)
+        return getattr(self.engine, name)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        if self.stop.is_set():
+            raise RolloutStopped("the iteration this rollout ran beside failed or was interrupted")
+        return self.engine.generate(requests)

@@ -57,7 +57,7 @@ from agentfactory.llm.base import Engine, SamplingParams
 from agentfactory.rl.batch import TrainRow, critic_row, policy_update, reward_metrics, uniform_groups
 from agentfactory.rl.buffer import PartialRolloutBuffer, Rollout
 from agentfactory.rl.config import RLConfig, build_env
-from agentfactory.rl.engine import RecoveringEngine, start_engine
+from agentfactory.rl.engine import RecoveringEngine, StoppableEngine, start_engine
 from agentfactory.rl.envs.base import EnvTask
 from agentfactory.rl.envs.mixture import EnvMixture
 from agentfactory.rl.episodes import Scored, is_multi_turn, rollout_episode_groups
@@ -261,18 +261,20 @@ class RLLoop:
         return {f"sync/{k}": float(v) for k, v in (timings or {}).items() if isinstance(v, (int, float))}
 
     # --------------------------------------------------------------------------------- iteration
-    def rollout(self, iteration: int) -> RolloutPhase:
+    def rollout(self, iteration: int, engine: Any = None) -> RolloutPhase:
         """Phases 1–2 of `iteration`: generate, score, closed-loop critic rows. Touches the engine,
-        envs and buffer but not the trainer's model, so it can run beside `train` (`overlap`)."""
+        envs and buffer but not the trainer's model, so it can run beside `train` (`overlap`, on
+        `engine`: this loop's engine behind a stop flag)."""
         c = self.config
+        engine = engine or self.engine
         t0 = time.perf_counter()
         added, episode_groups = self.top_up(iteration)
         temperature = c.temperature.at(iteration)
         params = SamplingParams(temperature=temperature, top_p=c.top_p, seed=c.seed, logprobs=True)
-        result = self.buffer.step(self.engine, params)
+        result = self.buffer.step(engine, params)
         rows, scored = self.score(result.groups)
         n, budgets = c.samples_per_prompt, c.budgets
-        episodes = rollout_episode_groups(self.mixture, episode_groups, self.engine, n, params, budgets)
+        episodes = rollout_episode_groups(self.mixture, episode_groups, engine, n, params, budgets)
         critic_rows, critic_stats = self.closed_loop(scored + episodes.scored, iteration)
         rows += episodes.rows + critic_rows
         s = result.stats
@@ -314,15 +316,24 @@ class RLLoop:
         rows = phase.rows
         t1 = time.perf_counter()
         sleep = c.engine.sleep_during_training and not c.overlap
+        stop = threading.Event()  # set when training fails: the prefetch then ends at its next call
         with (
             ThreadPoolExecutor(1, thread_name_prefix="rollout")
             if self.prefetches()
             else nullcontext() as pool
         ):
-            ahead = pool.submit(self.rollout, self.iteration + 1) if pool is not None else None
+            ahead = (
+                pool.submit(self.rollout, self.iteration + 1, StoppableEngine(self.engine, stop))
+                if pool is not None
+                else None
+            )
             if sleep:
                 self.engine.sleep()
-            train_stats = self.train(rows) if rows else {"skipped": 1}
+            try:
+                train_stats = self.train(rows) if rows else {"skipped": 1}
+            except BaseException:  # Ctrl-C or a failed update: don't wait out the whole prefetch
+                stop.set()
+                raise
             t2 = time.perf_counter()
             if sleep:
                 self.engine.wake_up()

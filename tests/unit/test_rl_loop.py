@@ -21,6 +21,7 @@ from agentfactory.rl.batch import (
     uniform_groups,
 )
 from agentfactory.rl.config import EnvSpec, RLConfig
+from agentfactory.rl.engine import RolloutStopped
 from agentfactory.rl.loop import RLLoop, rl_run
 from agentfactory.rl.loss import LossConfig
 from agentfactory.train.trainer import TrainingDiverged
@@ -559,3 +560,36 @@ def test_overlap_rolls_out_the_next_iteration_while_training(tiny_checkpoint, tm
     assert resumed.prefetched.stats == first.prefetched.stats
     assert [r["iteration"] for r in (resumed.step(), resumed.step())] == [3, 4]
     assert resumed.prefetched is None  # the last iteration prefetches nothing
+
+
+def test_overlap_stops_the_prefetch_when_training_is_interrupted(tiny_checkpoint, tmp_path):
+    """Ctrl-C during training ends the rollout beside it at its next engine call: the user does not
+    wait out the rest of the rollout."""
+    loop = RLLoop(
+        _config(tiny_checkpoint, tmp_path, overlap=True, iterations=3, checkpoint_every=0), _engine()
+    )
+    loop.resume()
+    real_rollout, calls, ended = loop.rollout, [], []
+
+    def rollout(iteration, engine=None):  # the prefetch: a rollout far longer than the training step
+        if engine is None:
+            return real_rollout(iteration)
+        try:
+            for _ in range(20_000):
+                calls.append(engine.generate([]))
+                time.sleep(0.001)
+        except RolloutStopped:
+            ended.append("stopped")
+            raise
+        ended.append("ran to the end")
+
+    def train(rows):
+        while len(calls) < 3:  # the prefetch is under way
+            time.sleep(0.001)
+        raise KeyboardInterrupt
+
+    loop.rollout, loop.train = rollout, train
+    with pytest.raises(KeyboardInterrupt):
+        loop.step()
+    assert ended == ["stopped"] and len(calls) < 20_000
+    assert loop.iteration == 0 and loop.prefetched is None  # nothing recorded: resume redoes it
