@@ -42,14 +42,19 @@ DOMAINS = [
 AGENTS = {"prompt": "compact", "cross_domain": 0}  # the synthesis agents' format, own domain only
 
 
+def rl_worlds(args) -> range:
+    """The RL world seeds, `--worlds start:stop`."""
+    start, stop = (int(x) for x in args.worlds.split(":"))
+    return range(start, stop)
+
+
 def tool_use_rl(args, work: Path, **overrides):
     """RLConfig on tool-use episodes alone, over worlds `args.worlds` (`start:stop`), from `args.model`."""
     from agentfactory.rl.config import EnvSpec, RLConfig
 
-    start, stop = (int(x) for x in args.worlds.split(":"))
     env = {
         "domains": DOMAINS,
-        "world_seeds": list(range(start, stop)),
+        "world_seeds": list(rl_worlds(args)),
         "agents": AGENTS,
         "weights": dict(args.reward),
     }
@@ -137,9 +142,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="af-rl-tool-use-"))
     eval_cfg = EvalConfig(worlds=args.eval_worlds, max_tasks=args.eval_tasks, agents=AGENTS)
-    world0 = int(args.worlds.split(":")[0])
     train_cfg = (
-        EvalConfig(world_start=world0, worlds=args.train_eval_worlds, domains=DOMAINS, agents=AGENTS)
+        EvalConfig(
+            world_start=rl_worlds(args).start, worlds=args.train_eval_worlds, domains=DOMAINS, agents=AGENTS
+        )
         if args.train_eval_worlds
         else None
     )
