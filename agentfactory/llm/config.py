@@ -24,6 +24,11 @@ class EngineConfig(StrictModel):
     dtype: str = "float32"
     max_model_len: int = Field(4096, ge=64)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    cpu_reserved_cores: int | None = Field(
+        None,
+        ge=0,
+        description="vLLM-CPU: cores kept off the compute threads (None: none on ≤ 2 cores, else vLLM's 1)",
+    )
     device: str = Field("auto", description="kind=torch: auto (CUDA when present), cpu or cuda[:i]")
     seed: int = 0
     timeout_s: float = Field(120.0, gt=0)
@@ -67,5 +72,6 @@ def build_engine(config: EngineConfig) -> Engine:
         dtype=config.dtype,
         max_model_len=config.max_model_len,
         gpu_memory_utilization=config.gpu_memory_utilization,
+        cpu_reserved_cores=config.cpu_reserved_cores,
         seed=config.seed,
     )

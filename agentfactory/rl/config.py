@@ -60,6 +60,11 @@ class EngineSpec(StrictModel):
     )
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     enforce_eager: bool = Field(True, description="skip graph capture (CPU: faster start)")
+    cpu_reserved_cores: int | None = Field(
+        None,
+        ge=0,
+        description="vLLM-CPU: cores kept off the compute threads (None: none on ≤ 2 cores, else vLLM's 1)",
+    )
     sleep_during_training: bool = Field(
         True, description="GPU: free the KV cache / offload weights while training (CPU: no-op)"
     )

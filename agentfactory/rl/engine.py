@@ -33,6 +33,7 @@ def engine_kwargs(config: RLConfig) -> dict[str, Any]:
         gpu_memory_utilization=e.gpu_memory_utilization,
         max_model_len=e.max_model_len,
         enforce_eager=e.enforce_eager,
+        cpu_reserved_cores=e.cpu_reserved_cores,
         seed=config.seed,
     )
 

