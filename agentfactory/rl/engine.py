@@ -132,10 +132,11 @@ class RolloutStopped(Exception):
 
 
 class StoppableEngine:
-    """The engine as a prefetched rollout (`overlap`) sees it: every `generate` first checks `stop`.
-    When training fails or Ctrl-C lands, the loop sets `stop` and the rollout ends at its next engine
-    call, so the user waits one call, not the rest of the rollout (nothing is lost: RL resumes from
-    the last checkpoint, which the stopped rollout never touched)."""
+    """The RL loop's engine: every `generate` (rollouts and the critic's judgments) first checks
+    `stop`. When training fails or Ctrl-C lands beside a prefetched rollout (`overlap`), the loop
+    sets `stop` and the rollout ends at its next engine call, so the user waits one call, not the
+    rest of the rollout (nothing is lost: RL resumes from the last checkpoint, which the stopped
+    rollout never touched)."""
 
     def __init__(self, engine: Any, stop: threading.Event) -> None:
         self.engine, self.stop = engine, stop

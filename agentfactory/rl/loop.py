@@ -122,7 +122,10 @@ class RLLoop:
             with self.weights_lock:
                 raw.update_weights(self.model.state_dict(), self.version)
 
-        self.engine = RecoveringEngine(raw, restore, self.console)
+        # behind a stop flag: when training fails beside a prefetched rollout (`overlap`), the loop
+        # sets it and the rollout (its critic calls included) ends at its next engine call
+        self.stop = threading.Event()
+        self.engine = StoppableEngine(RecoveringEngine(raw, restore, self.console), self.stop)
         kinds = {e.kind for e in config.envs}
         use_critic = config.critic.enabled and ("rubric" in kinds or config.critic.closed_loop_groups > 0)
         self.critic = Critic(self.engine, config.critic.config) if use_critic else None
@@ -261,20 +264,18 @@ class RLLoop:
         return {f"sync/{k}": float(v) for k, v in (timings or {}).items() if isinstance(v, (int, float))}
 
     # --------------------------------------------------------------------------------- iteration
-    def rollout(self, iteration: int, engine: Any = None) -> RolloutPhase:
+    def rollout(self, iteration: int) -> RolloutPhase:
         """Phases 1–2 of `iteration`: generate, score, closed-loop critic rows. Touches the engine,
-        envs and buffer but not the trainer's model, so it can run beside `train` (`overlap`, on
-        `engine`: this loop's engine behind a stop flag)."""
+        envs and buffer but not the trainer's model, so it can run beside `train` (`overlap`)."""
         c = self.config
-        engine = engine or self.engine
         t0 = time.perf_counter()
         added, episode_groups = self.top_up(iteration)
         temperature = c.temperature.at(iteration)
         params = SamplingParams(temperature=temperature, top_p=c.top_p, seed=c.seed, logprobs=True)
-        result = self.buffer.step(engine, params)
+        result = self.buffer.step(self.engine, params)
         rows, scored = self.score(result.groups)
         n, budgets = c.samples_per_prompt, c.budgets
-        episodes = rollout_episode_groups(self.mixture, episode_groups, engine, n, params, budgets)
+        episodes = rollout_episode_groups(self.mixture, episode_groups, self.engine, n, params, budgets)
         critic_rows, critic_stats = self.closed_loop(scored + episodes.scored, iteration)
         rows += episodes.rows + critic_rows
         s = result.stats
@@ -316,23 +317,19 @@ class RLLoop:
         rows = phase.rows
         t1 = time.perf_counter()
         sleep = c.engine.sleep_during_training and not c.overlap
-        stop = threading.Event()  # set when training fails: the prefetch then ends at its next call
+        self.stop.clear()
         with (
             ThreadPoolExecutor(1, thread_name_prefix="rollout")
             if self.prefetches()
             else nullcontext() as pool
         ):
-            ahead = (
-                pool.submit(self.rollout, self.iteration + 1, StoppableEngine(self.engine, stop))
-                if pool is not None
-                else None
-            )
+            ahead = pool.submit(self.rollout, self.iteration + 1) if pool is not None else None
             if sleep:
                 self.engine.sleep()
             try:
                 train_stats = self.train(rows) if rows else {"skipped": 1}
             except BaseException:  # Ctrl-C or a failed update: don't wait out the whole prefetch
-                stop.set()
+                self.stop.set()
                 raise
             t2 = time.perf_counter()
             if sleep:

@@ -563,20 +563,20 @@ def test_overlap_rolls_out_the_next_iteration_while_training(tiny_checkpoint, tm
 
 
 def test_overlap_stops_the_prefetch_when_training_is_interrupted(tiny_checkpoint, tmp_path):
-    """Ctrl-C during training ends the rollout beside it at its next engine call: the user does not
-    wait out the rest of the rollout."""
-    loop = RLLoop(
-        _config(tiny_checkpoint, tmp_path, overlap=True, iterations=3, checkpoint_every=0), _engine()
-    )
+    """Ctrl-C during training ends the rollout beside it at its next engine call, the critic's
+    judgments included: the user does not wait out the rest of the rollout."""
+    critic = {"enabled": True, "closed_loop_groups": 1}
+    config = _config(tiny_checkpoint, tmp_path, overlap=True, iterations=3, checkpoint_every=0, critic=critic)
+    loop = RLLoop(config, _engine())
     loop.resume()
     real_rollout, calls, ended = loop.rollout, [], []
 
-    def rollout(iteration, engine=None):  # the prefetch: a rollout far longer than the training step
-        if engine is None:
+    def rollout(iteration):  # the prefetch (iteration 1): a rollout far longer than the training step
+        if iteration == 0:
             return real_rollout(iteration)
         try:
             for _ in range(20_000):
-                calls.append(engine.generate([]))
+                calls.append(loop.critic.engine.generate([]))  # the critic judges on the loop's engine
                 time.sleep(0.001)
         except RolloutStopped:
             ended.append("stopped")
