@@ -67,9 +67,11 @@ def _cpu_reserved_cores(requested: int | None) -> int | None:
 
     vLLM-CPU reserves one core per worker for its scheduler process; on a 2-core machine that
     leaves one compute thread, and giving the worker both cores made the quickstart's held-out
-    evaluation 1.33x (eager) to 1.38x (compiled) faster (bench/vllm_cpu_cores.py, README). So with
+    evaluation 1.3-1.4x faster, eager or compiled (bench/vllm_cpu_cores.py, README). So with
     no request and no `VLLM_CPU_NUM_OF_RESERVED_CPU` set, a machine of two or fewer usable cores
-    reserves none; larger machines keep vLLM's default.
+    reserves none; larger machines keep vLLM's default. Only a multiprocess engine binds threads: an
+    in-process one (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, the Ray pool's actors) runs torch's threads
+    unbound (`OMP_NUM_THREADS`, which Ray sets to the actor's CPUs).
     """
     if requested is not None:
         return requested
