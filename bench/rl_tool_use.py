@@ -49,14 +49,15 @@ def rl_worlds(args) -> range:
 
 
 def tool_use_rl(args, work: Path, **overrides):
-    """RLConfig on tool-use episodes alone, over worlds `args.worlds` (`start:stop`), from `args.model`."""
+    """RLConfig on tool-use episodes alone, over worlds `args.worlds` (`start:stop`), from `args.model`;
+    reward weights `args.reward` where the caller parses them (else the rubric share alone)."""
     from agentfactory.rl.config import EnvSpec, RLConfig
 
     env = {
         "domains": DOMAINS,
         "world_seeds": list(rl_worlds(args)),
         "agents": AGENTS,
-        "weights": dict(args.reward),
+        "weights": dict(getattr(args, "reward", [])),
     }
     return RLConfig(
         model=str(args.model),
