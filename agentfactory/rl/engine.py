@@ -7,6 +7,11 @@ model dir and arguments), pushes the trainer's weights back at the loop's curren
 serves the trainer's weights (rollouts and critic calls come before training, and each sync pushes
 the new ones), so the retried call sees exactly the weights it would have seen. Every restart is
 printed and counted (`engine/restarts` in metrics.jsonl); after `max_restarts` the error stands.
+
+Its `stop` flag ends a rollout early: when training fails or Ctrl-C lands beside a prefetched
+rollout (`overlap`), the loop sets it and the rollout (its critic calls included) ends at its next
+`generate` with `RolloutStopped`, so the user waits one call, not the rest of the rollout (nothing
+is lost: RL resumes from the last checkpoint, which the stopped rollout never touched).
 """
 
 from __future__ import annotations
@@ -69,13 +74,24 @@ def start_engine(config: RLConfig) -> Engine:
     return VLLMEngine(config.model, **engine_kwargs(config))
 
 
+class RolloutStopped(Exception):
+    """A prefetched rollout gave up because the training beside it failed or was interrupted."""
+
+
 class RecoveringEngine:
-    """Forwards to `engine`; restarts it and calls `restore()` when its core process has died."""
+    """Forwards to `engine`; restarts it and calls `restore()` when its core process has died;
+    `generate` raises `RolloutStopped` once `stop` is set."""
 
     def __init__(
-        self, engine: Any, restore: Callable[[], Any], console: Console, max_restarts: int = 3
+        self,
+        engine: Any,
+        restore: Callable[[], Any],
+        console: Console,
+        stop: threading.Event | None = None,
+        max_restarts: int = 3,
     ) -> None:
         self.engine, self.restore, self.console = engine, restore, console
+        self.stop = stop if stop is not None else threading.Event()
         self.max_restarts = max_restarts
         self.recoveries: list[dict[str, Any]] = []
 
@@ -109,6 +125,8 @@ class RecoveringEngine:
             return fn()
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        if self.stop.is_set():
+            raise RolloutStopped("the iteration this rollout ran beside failed or was interrupted")
         return self._retry("generate", lambda: self.engine.generate(requests))
 
     def prompt_logprobs(self, prompts: Sequence[Sequence[int]]) -> list[list[float]]:
@@ -125,28 +143,3 @@ class RecoveringEngine:
 
     def close(self) -> None:
         self.engine.close()
-
-
-class RolloutStopped(Exception):
-    """A prefetched rollout gave up because the training beside it failed or was interrupted."""
-
-
-class StoppableEngine:
-    """The RL loop's engine: every `generate` (rollouts and the critic's judgments) first checks
-    `stop`. When training fails or Ctrl-C lands beside a prefetched rollout (`overlap`), the loop
-    sets `stop` and the rollout ends at its next engine call, so the user waits one call, not the
-    rest of the rollout (nothing is lost: RL resumes from the last checkpoint, which the stopped
-    rollout never touched)."""
-
-    def __init__(self, engine: Any, stop: threading.Event) -> None:
-        self.engine, self.stop = engine, stop
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "engine":  # not set yet (copy, pickle)
-            raise AttributeError(name)
-        return getattr(self.engine, name)
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        if self.stop.is_set():
-            raise RolloutStopped("the iteration this rollout ran beside failed or was interrupted")
-        return self.engine.generate(requests)

@@ -57,7 +57,7 @@ from agentfactory.llm.base import Engine, SamplingParams
 from agentfactory.rl.batch import TrainRow, critic_row, policy_update, reward_metrics, uniform_groups
 from agentfactory.rl.buffer import PartialRolloutBuffer, Rollout
 from agentfactory.rl.config import RLConfig, build_env
-from agentfactory.rl.engine import RecoveringEngine, StoppableEngine, start_engine
+from agentfactory.rl.engine import RecoveringEngine, start_engine
 from agentfactory.rl.envs.base import EnvTask
 from agentfactory.rl.envs.mixture import EnvMixture
 from agentfactory.rl.episodes import Scored, is_multi_turn, rollout_episode_groups
@@ -122,10 +122,8 @@ class RLLoop:
             with self.weights_lock:
                 raw.update_weights(self.model.state_dict(), self.version)
 
-        # behind a stop flag: when training fails beside a prefetched rollout (`overlap`), the loop
-        # sets it and the rollout (its critic calls included) ends at its next engine call
-        self.stop = threading.Event()
-        self.engine = StoppableEngine(RecoveringEngine(raw, restore, self.console), self.stop)
+        self.stop = threading.Event()  # set when training fails beside a prefetched rollout
+        self.engine = RecoveringEngine(raw, restore, self.console, self.stop)
         kinds = {e.kind for e in config.envs}
         use_critic = config.critic.enabled and ("rubric" in kinds or config.critic.closed_loop_groups > 0)
         self.critic = Critic(self.engine, config.critic.config) if use_critic else None
