@@ -43,14 +43,17 @@ def rl_with_evals(
         values = {name: row.get(key) for name, key in logged.items()}
         train.append({"iteration": row["iteration"], "rl_seconds": rl_s, **values})
         done = rl_s >= minutes * 60
+        shown = "  ".join(f"{k} {v:.3f}" for k, v in values.items() if v is not None)
+        split = f"rollout {row['time/rollout']:.1f} s, train {row['time/train']:.1f} s"
+        print(f"iter {row['iteration']:4d}  {rl_s:6.0f} s  {shown}  ({split})", flush=True)
         if row["iteration"] % every == 0 or done:
             t = time.perf_counter()
             point = evaluate(loop.engine)
             clock["eval"] += time.perf_counter() - t
             curve.append({"iteration": row["iteration"], "rl_seconds": rl_s, **point})
-            shown = "  ".join(f"{k} {v:.3f}" for k, v in values.items() if v is not None)
             print(
-                f"iter {row['iteration']:4d}  {rl_s:6.0f} s  {shown}  held-out {point[score]:.3f}", flush=True
+                f"iter {row['iteration']:4d}  held-out {point[score]:.3f}  (eval {clock['eval']:.0f} s so far)",
+                flush=True,
             )
         if done:
             raise _TimeUp

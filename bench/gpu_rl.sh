@@ -2,9 +2,10 @@
 # Tool-use RL on a GPU machine that has PyTorch but no vLLM: TorchEngine rolls out, the trainer
 # trains, both on CUDA, with hundreds of episodes per step (the CPU runs could afford 32-64). First
 # the CUDA TorchEngine test, then `bench/rl_tool_use.py --engine torch --device cuda` from MODEL
-# (an SFT checkpoint dir) for MINUTES of RL time, held-out success (and success on the first RL
-# world's tasks) every 5 iterations; reward = rubric share + task success.
-#   bash bench/gpu_rl.sh MODEL [OUT_DIR] [MINUTES] [PROMPTS] [SAMPLES] [LR]
+# (an SFT checkpoint dir) for MINUTES of RL time, held-out success (and, with TRAIN_EVAL_WORLDS=N,
+# success on the first N RL worlds' tasks) every EVAL_EVERY iterations; reward = rubric share +
+# task success.
+#   [EVAL_EVERY=5] [TRAIN_EVAL_WORLDS=1] bash bench/gpu_rl.sh MODEL [OUT_DIR] [MINUTES] [PROMPTS] [SAMPLES] [LR]
 # Python packages the GPU image lacks travel as wheels in .whl/ (bench/gpu_wheels.sh fetches them
 # here); they are installed to /tmp/site when present.
 set -u
@@ -24,6 +25,6 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu_rl.log"
 $py -m pytest -q -p no:cacheprovider tests/gpu -k torch_engine 2>&1 | tee -a "$out/gpu_rl.log"
 $py bench/rl_tool_use.py --model "$model" --engine torch --device cuda --worlds 300:364 \
-  --prompts "$prompts" --samples "$samples" --lr "$lr" --rl-minutes "$minutes" --eval-every 5 \
-  --reward rubric=1 correct=1 --train-eval-worlds 1 \
-  --threads 4 --out "$out" 2>&1 | grep -v "Warning" | tee -a "$out/gpu_rl.log"
+  --prompts "$prompts" --samples "$samples" --lr "$lr" --rl-minutes "$minutes" --eval-every "${EVAL_EVERY:-5}" \
+  --reward rubric=1 correct=1 --train-eval-worlds "${TRAIN_EVAL_WORLDS:-1}" \
+  --threads 4 --out "$out" 2>&1 | grep --line-buffered -v "Warning" | tee -a "$out/gpu_rl.log"

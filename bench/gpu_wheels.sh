@@ -6,5 +6,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-extensions==4.16.0 \
   typing-inspection==0.4.5 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 \
-  rpds-py==2026.9.1 jsonpatch==1.48 jsonpointer==3.12 simpleeval==1.0.8
+  rpds-py==2026.9.1 jsonpatch==1.48 jsonpointer==3.12 simpleeval==1.0.8 faker==40.63.0
 ls .whl
