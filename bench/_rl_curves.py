@@ -7,6 +7,7 @@ Not a bench itself (`make bench` skips files starting with `_`).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,9 +68,19 @@ def rl_with_evals(
     return curve, train
 
 
+def hardware(device: str = "cpu") -> str:
+    """What the RL ran on, for the plot's time axis and the saved result."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name()
+    return f"{len(os.sched_getaffinity(0))} CPU cores"
+
+
 def save(result: dict, out: Path, name: str, *, score: str, labels: dict[str, str], title: str) -> None:
     """`<out>/<name>.json`, and `<out>/<name>.png`: the held-out `score` of `result["curve"]` and the
-    `labels` series (key → legend) of `result["train_reward"]` against RL wall time."""
+    `labels` series (key → legend) of `result["train_reward"]` against RL wall time (on
+    `result["hardware"]`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +101,7 @@ def save(result: dict, out: Path, name: str, *, score: str, labels: dict[str, st
     for key, label in labels.items():
         r = [p for p in result["train_reward"] if p.get(key) is not None]
         ax.plot([p["rl_seconds"] / 60 for p in r], [p[key] for p in r], alpha=0.5, label=label)
-    ax.set_xlabel("RL wall time (min, 2 CPU cores)")
+    ax.set_xlabel(f"RL wall time (min, {result.get('hardware', '2 CPU cores')})")
     ax.set_ylabel(score)
     ax.set_title(title)
     ax.legend(fontsize=8)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _rl_curves import rl_with_evals, save
+from _rl_curves import hardware, rl_with_evals, save
 
 # reasoning-gym chain_sum with two single-digit terms (+/-): small enough for a tiny model to learn
 RG_CONFIG = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
@@ -209,6 +209,7 @@ def main() -> None:
     )
     start, best, final = curve[0]["accuracy"], max(c["accuracy"] for c in curve), curve[-1]["accuracy"]
     result = {
+        "hardware": hardware(),
         "task": args.task,
         "eval_n": args.eval_n,
         "sft_steps": steps,

@@ -24,7 +24,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _rl_curves import rl_with_evals, save
+from _rl_curves import hardware, rl_with_evals, save
 
 DOMAINS = [
     "airline_reservations",
@@ -184,6 +184,7 @@ def main() -> None:
     first, last = curve[0], curve[-1]
     result = {
         "model": str(args.model),
+        "hardware": hardware(args.device),
         "rl_seconds": last["rl_seconds"],
         "rl_iterations": last["iteration"],
         "start_success": first["success"],
