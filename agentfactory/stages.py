@@ -99,7 +99,7 @@ class RLStage(StrictModel):
 
 def run_rl(stage: RLStage, init: Path, out: Path, seed: int, console: Console) -> dict:
     from agentfactory.rl.config import RLConfig
-    from agentfactory.rl.loop import rl_run
+    from agentfactory.rl.run import rl_run
 
     cfg = RLConfig.model_validate({"seed": seed, **stage.config, "model": str(init), "output_dir": str(out)})
     result = rl_run(cfg, console=console)

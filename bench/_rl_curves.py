@@ -32,7 +32,7 @@ def rl_with_evals(
     `score`) runs before RL, every `every` iterations and at the end, on the engine that already
     serves the pushed weights. Returns the held-out curve and, per iteration, the metrics rows'
     `logged` values (name → metrics key). Closes the engine."""
-    from agentfactory.rl.loop import rl_run
+    from agentfactory.rl.run import rl_run
 
     curve = [{"iteration": 0, "rl_seconds": 0.0, **evaluate(engine)}]
     print(f"before RL: held-out {score} {curve[0][score]:.3f}", flush=True)

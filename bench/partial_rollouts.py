@@ -61,7 +61,7 @@ def main() -> None:
 
     from agentfactory.llm import VLLMEngine
     from agentfactory.rl.config import EnvSpec, RLConfig
-    from agentfactory.rl.loop import rl_run
+    from agentfactory.rl.run import rl_run
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="af-partial-"))

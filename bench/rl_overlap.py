@@ -38,7 +38,7 @@ def main() -> None:
         return
 
     from agentfactory.llm import VLLMEngine
-    from agentfactory.rl.loop import rl_run
+    from agentfactory.rl.run import rl_run
 
     engine = VLLMEngine(args.model, kv_cache_memory_bytes=256 << 20, max_model_len=4096, enforce_eager=True)
     runs = {}

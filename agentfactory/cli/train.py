@@ -74,7 +74,7 @@ def rl_run_cmd(
     """Colocated RL from an SFT checkpoint; resumes from <output_dir>/checkpoint; NaN stops cleanly."""
     from agentfactory.llm.vllm_health import EngineDeadError
     from agentfactory.rl.config import RLConfig
-    from agentfactory.rl.loop import rl_run
+    from agentfactory.rl.run import rl_run
     from agentfactory.train import TrainingDiverged
 
     flags = [f"engine.workers={workers}"] if workers else []

@@ -30,8 +30,9 @@ from agentfactory.rl.sandbox import SandboxConfig, SandboxResult, run_in_sandbox
 
 if TYPE_CHECKING:
     from agentfactory.rl.config import EnvSpec, RLConfig
-    from agentfactory.rl.loop import RLLoop, RLResult, rl_run
+    from agentfactory.rl.loop import RLLoop
     from agentfactory.rl.loss import LossConfig, TemperatureSchedule, k1p5_loss, ptx_loss
+    from agentfactory.rl.run import RLResult, rl_run
 
 __all__ = [
     "CodeEnv",
@@ -74,7 +75,8 @@ __all__ = [
 _LAZY = {
     **{n: "agentfactory.rl.loss" for n in ("LossConfig", "TemperatureSchedule", "k1p5_loss", "ptx_loss")},
     **{n: "agentfactory.rl.config" for n in ("EnvSpec", "RLConfig")},
-    **{n: "agentfactory.rl.loop" for n in ("RLLoop", "RLResult", "rl_run")},
+    "RLLoop": "agentfactory.rl.loop",
+    **{n: "agentfactory.rl.run" for n in ("RLResult", "rl_run")},
 }
 
 

@@ -28,12 +28,13 @@ core is its own process, so on the CPU generation and training use different cor
 never touches the trainer's model. A checkpoint holds the finished prefetched rollout (its rows),
 so a resumed run trains on exactly what it would have; the last iteration prefetches nothing.
 
-Every iteration appends one row to `<output_dir>/metrics.jsonl`: `reward/<env>`, `component/<name>`,
-`time/rollout|train|sync`, `kl`, `mismatch/*` (trainer vs engine logprobs of the same tokens),
-`staleness/*`, `episodes/*` (tool use), `clipped_heads`, `tokens/*`, `engine/restarts` (a dead engine
-core is restarted and given the trainer's weights: rl/engine.py). Checkpoints (model, optimizer, buffer,
-iteration, version, RNG) make a killed run continue where it stopped; the final policy is saved as a HF
-checkpoint + tokenizer in `<output_dir>/model` for evaluation on vLLM.
+`rl_run` (rl/run.py) drives the loop and appends one row per iteration to
+`<output_dir>/metrics.jsonl`: `reward/<env>`, `component/<name>`, `time/rollout|train|sync`, `kl`,
+`mismatch/*` (trainer vs engine logprobs of the same tokens), `staleness/*`, `episodes/*` (tool
+use), `clipped_heads`, `tokens/*`, `engine/restarts` (a dead engine core is restarted and given the
+trainer's weights: rl/engine.py). Checkpoints (model, optimizer, buffer, iteration, version, RNG) make
+a killed run continue where it stopped; the final policy is saved as a HF checkpoint + tokenizer in
+`<output_dir>/model` for evaluation on vLLM.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,16 +69,6 @@ class RolloutPhase:
 
     rows: list[TrainRow]
     stats: dict[str, Any]
-
-
-@dataclass
-class RLResult:
-    output_dir: Path
-    model_dir: Path | None
-    iterations: int
-    policy_version: int
-    metrics_path: Path
-    final_reward: float | None
 
 
 class RLLoop:
@@ -411,57 +401,3 @@ class RLLoop:
     def close(self) -> None:
         if self.owns_engine:
             self.engine.close()
-
-
-def rl_run(
-    config: RLConfig,
-    *,
-    engine: Engine | None = None,
-    console: Console | None = None,
-    on_iteration: Callable[[RLLoop, dict[str, Any]], None] | None = None,
-) -> RLResult:
-    """Run (or resume) colocated RL to `config.iterations`. With `engine` given (e.g. a shared test
-    engine), it is used instead of starting a VLLMEngine on `config.model`, and is left open.
-    `on_iteration(loop, row)` runs after each iteration's checkpoint (held-out evals, benches)."""
-    loop = RLLoop(config, engine, console)
-    try:
-        loop.out.mkdir(parents=True, exist_ok=True)
-        (loop.out / "config.json").write_text(config.model_dump_json(indent=2))
-        if loop.resume():
-            loop.console.print(f"resumed from {loop.out / 'checkpoint'} at iteration {loop.iteration}")
-        show = config.progress
-        from agentfactory.train.trainer import progress_bar
-
-        progress, task = (
-            progress_bar(loop.console, config.iterations, loop.iteration, "rl") if show else (None, None)
-        )
-        with progress or nullcontext(), loop.metrics_path.open("a") as log:
-            while loop.iteration < config.iterations:
-                row = loop.step()
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                every = config.checkpoint_every
-                if loop.iteration == config.iterations or (every and loop.iteration % every == 0):
-                    loop.save()
-                if progress is not None:
-                    info = (
-                        f"reward {row.get('reward_mean', float('nan')):.3f}  "
-                        f"rollout {row['time/rollout']:.1f}s train {row['time/train']:.1f}s "
-                        f"sync {row['time/sync']:.2f}s  carried {row['rollouts/carried']}"
-                    )
-                    progress.update(task, completed=loop.iteration, info=info)
-                if on_iteration is not None:
-                    on_iteration(loop, row)
-        model_dir = loop.export() if config.save_model else None
-        result = RLResult(
-            loop.out, model_dir, loop.iteration, loop.version, loop.metrics_path, loop.last_reward
-        )
-        summary = {
-            "iterations": loop.iteration,
-            "policy_version": loop.version,
-            "final_reward": loop.last_reward,
-        }
-        (loop.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        return result
-    finally:
-        loop.close()

@@ -88,7 +88,8 @@ def test_rl_loop_restarts_a_dead_engine_and_pushes_its_weights_back(
     vllm_engine, k2_checkpoint, tmp_path, monkeypatch
 ):
     from agentfactory.model import K2ForCausalLM
-    from agentfactory.rl.loop import RLLoop, rl_run
+    from agentfactory.rl.loop import RLLoop
+    from agentfactory.rl.run import rl_run
 
     engine, seen = vllm_engine, {}
     restarts = engine.restarts

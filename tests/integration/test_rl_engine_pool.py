@@ -131,7 +131,7 @@ def test_update_weights_reaches_every_worker_and_a_killed_one_is_replaced(pool, 
 def test_colocated_loop_runs_on_the_pool(pool, k2_checkpoint, tmp_path):
     """Two RL iterations with the pool as the loop's engine: rollouts split across the workers,
     each sync reaches both, and sampled logprobs match the trainer's (fp32 both)."""
-    from agentfactory.rl.loop import rl_run
+    from agentfactory.rl.run import rl_run
     from tests.integration.test_rl_loop import _config
 
     start = pool.policy_version

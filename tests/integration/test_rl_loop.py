@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from agentfactory.rl.config import EnvSpec, RLConfig
-from agentfactory.rl.loop import RLLoop, rl_run
+from agentfactory.rl.loop import RLLoop
+from agentfactory.rl.run import rl_run
 
 pytest.importorskip("vllm")
 

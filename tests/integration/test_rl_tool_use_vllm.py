@@ -13,7 +13,8 @@ import torch
 from agentfactory.model.chat import IM_END, encode
 from agentfactory.rl.batch import TrainRow
 from agentfactory.rl.config import EnvSpec, RLConfig
-from agentfactory.rl.loop import RLLoop, rl_run
+from agentfactory.rl.loop import RLLoop
+from agentfactory.rl.run import rl_run
 
 pytest.importorskip("vllm")
 

@@ -57,6 +57,6 @@ def test_a_renamed_function_is_caught(tmp_path):
     script = tmp_path / "b.py"
     script.write_text(
         "from rl_tool_use import tool_use_rl, tool_use_rl_v2\n\n"
-        "def main():\n    from agentfactory.rl.loop import rl_run, rl_walk\n"
+        "def main():\n    from agentfactory.rl.run import rl_run, rl_walk\n"
     )
-    assert _missing(script) == ["rl_tool_use.tool_use_rl_v2", "agentfactory.rl.loop.rl_walk"]
+    assert _missing(script) == ["rl_tool_use.tool_use_rl_v2", "agentfactory.rl.run.rl_walk"]

@@ -132,7 +132,7 @@ def test_rl_run_reports_bad_config(tmp_path):
 
 
 def test_rl_run_flags_set_the_engine_workers(tmp_path, monkeypatch):
-    import agentfactory.rl.loop as loop
+    import agentfactory.rl.run as run
 
     seen = {}
 
@@ -140,7 +140,7 @@ def test_rl_run_flags_set_the_engine_workers(tmp_path, monkeypatch):
         seen["engine"] = cfg.engine
         raise ValueError("stopped by the test")
 
-    monkeypatch.setattr(loop, "rl_run", fake_rl_run)
+    monkeypatch.setattr(run, "rl_run", fake_rl_run)
     args = ["rl", "run", "pipelines/rl.yaml", "--set", f"model={tmp_path}", "--workers", "2"]
     r = runner.invoke(app, [*args, "--ray-address", "10.0.0.1:6379"])
     assert r.exit_code == 1 and "rl failed: stopped by the test" in r.stderr

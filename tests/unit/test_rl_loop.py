@@ -22,8 +22,9 @@ from agentfactory.rl.batch import (
 )
 from agentfactory.rl.config import EnvSpec, RLConfig
 from agentfactory.rl.engine import RolloutStopped
-from agentfactory.rl.loop import RLLoop, rl_run
+from agentfactory.rl.loop import RLLoop
 from agentfactory.rl.loss import LossConfig
+from agentfactory.rl.run import rl_run
 from agentfactory.train.trainer import TrainingDiverged
 from tests.unit.fakes import ScriptedEngine, tiny_math_checkpoint
 

@@ -84,7 +84,7 @@ def test_a_core_that_keeps_dying_ends_the_run_with_its_error(tiny_checkpoint, tm
 
 
 def rl_run_with(engine, model, out):
-    from agentfactory.rl.loop import rl_run
+    from agentfactory.rl.run import rl_run
 
     threads = torch.get_num_threads()
     torch.manual_seed(0)

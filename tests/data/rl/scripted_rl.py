@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[3]))
 
-from agentfactory.rl.loop import rl_run
+from agentfactory.rl.run import rl_run
 from tests.unit.test_rl_loop import _config, _engine
 
 if __name__ == "__main__":
