@@ -31,8 +31,8 @@ demo: install
 	$(VENV)/bin/agentfactory run pipelines/quickstart.yaml
 
 test: install
-	$(PY) -m pytest -q tests/unit tests/gpu
-	$(PY) -m pytest -q tests/integration
+	$(PY) -m pytest -q --durations=10 tests/unit tests/gpu
+	$(PY) -m pytest -q --durations=15 tests/integration
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit tests/gpu
