@@ -48,16 +48,16 @@ def rl_worlds(args) -> range:
     return range(start, stop)
 
 
-def tool_use_rl(args, work: Path, **overrides):
+def tool_use_rl(args, work: Path, *, weights: dict[str, float] | None = None, **overrides):
     """RLConfig on tool-use episodes alone, over worlds `args.worlds` (`start:stop`), from `args.model`;
-    reward weights `args.reward` where the caller parses them (else the rubric share alone)."""
+    ToolUseEnv reward `weights` (default: the rubric share alone)."""
     from agentfactory.rl.config import EnvSpec, RLConfig
 
     env = {
         "domains": DOMAINS,
         "world_seeds": list(rl_worlds(args)),
         "agents": AGENTS,
-        "weights": dict(getattr(args, "reward", [])),
+        "weights": weights or {},
     }
     return RLConfig(
         model=str(args.model),
@@ -157,10 +157,12 @@ def main() -> None:
         engine = VLLMEngine(
             args.model, kv_cache_memory_bytes=256 << 20, max_model_len=4096, enforce_eager=True
         )
-    success_weighted = bool(dict(args.reward).get("correct"))
+    weights = dict(args.reward)
+    success_weighted = bool(weights.get("correct"))
     rl_cfg = tool_use_rl(
         args,
         work,
+        weights=weights,
         device=args.device,
         engine={"kind": args.engine, "device": args.device, "sleep_during_training": False},
         iterations=10_000,
