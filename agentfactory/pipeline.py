@@ -22,6 +22,8 @@ from agentfactory.stages import (
     RLStage,
     TokenizerStage,
     TrainStage,
+    done,
+    mark_done,
     run_model_stages,
 )
 from agentfactory.synth.config import SynthConfig
@@ -123,9 +125,7 @@ def run_pipeline(config: PipelineConfig, console: Console | None = None) -> dict
         results["domains"] = run_domains(config.domains, run_dir, console)
         results["domains"]["seconds"] = round(time.perf_counter() - t0, 3)
     if config.synth is not None:
-        t0 = time.perf_counter()
         results["synth"] = run_synth_stage(config, console)
-        results["synth"]["seconds"] = round(time.perf_counter() - t0, 3)
     run_model_stages(config, console, results)
     (run_dir / "summary.json").write_text(json.dumps(results, indent=2))
     if config.report is not None:
@@ -139,7 +139,10 @@ def run_pipeline(config: PipelineConfig, console: Console | None = None) -> dict
 def run_synth_stage(
     config: PipelineConfig, console: Console, use_ray: bool = True, overwrite: bool = False
 ) -> dict:
-    """Synthesize into <run>/synth (resuming what is there), then export <run>/synth/dataset."""
+    """Synthesize into <run>/synth (resuming what is there), then export <run>/synth/dataset.
+
+    Skipped when an earlier run finished and exported the same synthesis (its records' config and
+    task count): a rerun would start Ray and rewrite an identical dataset."""
     import shutil
 
     from agentfactory.synth.export import export_dataset, write_examples
@@ -149,9 +152,18 @@ def run_synth_stage(
     out = writable_dir(config.run_dir / "synth")
     if overwrite and out.exists():
         shutil.rmtree(out)
+    key = {"fingerprint": config.synth.fingerprint(), "max_tasks": config.synth.max_tasks}
+    if (prior := done(out)) is not None and prior.get("key") == key:
+        console.print("[dim]synth: done earlier, skipped")
+        return prior
+    t0 = time.perf_counter()
     summary = run_synth(config.synth, out, console, use_ray=use_ray)
     store = ShardStore(out, config.synth.fingerprint())
     exported = export_dataset(store.records(), out / "dataset")
     write_examples(store.records(), out / "examples.html")
     console.print(f"dataset: {exported['rows']} rows in {exported['path']}")
-    return {**summary, "dataset": exported["path"], "rows": exported["rows"]}
+    seconds = round(time.perf_counter() - t0, 3)
+    return mark_done(
+        out,
+        {**summary, "dataset": exported["path"], "rows": exported["rows"], "key": key, "seconds": seconds},
+    )

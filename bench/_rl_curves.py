@@ -27,17 +27,27 @@ def rl_with_evals(
     minutes: float,
     every: int,
     logged: dict[str, str],
+    partial: Path | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """`rl_run(config)` on `engine` for `minutes` of RL wall time; `evaluate(engine)` (a dict holding
     `score`) runs before RL, every `every` iterations and at the end, on the engine that already
     serves the pushed weights. Returns the held-out curve and, per iteration, the metrics rows'
-    `logged` values (name → metrics key). Closes the engine."""
+    `logged` values (name → metrics key). Closes the engine.
+
+    After each evaluation the curve so far goes to `partial` (JSON), so a run killed at a time
+    limit (a lent GPU's) keeps its points; `save` removes it."""
     from agentfactory.rl.run import rl_run
 
     curve = [{"iteration": 0, "rl_seconds": 0.0, **evaluate(engine)}]
     print(f"before RL: held-out {score} {curve[0][score]:.3f}", flush=True)
-    clock = {"eval": 0.0, "t0": time.perf_counter()}
     train: list[dict] = []
+
+    def keep() -> None:
+        if partial is not None:
+            write_json(partial, {"partial": True, "curve": curve, "train_reward": train})
+
+    keep()
+    clock = {"eval": 0.0, "t0": time.perf_counter()}
 
     def on_iteration(loop, row) -> None:
         rl_s = time.perf_counter() - clock["t0"] - clock["eval"]
@@ -56,6 +66,7 @@ def rl_with_evals(
                 f"iter {row['iteration']:4d}  held-out {point[score]:.3f}  (eval {clock['eval']:.0f} s so far)",
                 flush=True,
             )
+            keep()
         if done:
             raise _TimeUp
 
@@ -66,6 +77,14 @@ def rl_with_evals(
     finally:
         engine.close()
     return curve, train
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Whole or not at all: a kill mid-write leaves the previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def hardware(device: str = "cpu") -> str:
@@ -80,14 +99,14 @@ def hardware(device: str = "cpu") -> str:
 def save(result: dict, out: Path, name: str, *, score: str, labels: dict[str, str], title: str) -> None:
     """`<out>/<name>.json`, and `<out>/<name>.png`: the held-out `score` of `result["curve"]` and the
     `labels` series (key → legend) of `result["train_reward"]` against RL wall time (on
-    `result["hardware"]`)."""
+    `result["hardware"]`). Removes `<out>/<name>.partial.json` (`rl_with_evals`' curve so far)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    write_json(out / f"{name}.json", result)
+    (out / f"{name}.partial.json").unlink(missing_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.4))
     c = result["curve"]
     ax.plot(

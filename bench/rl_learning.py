@@ -206,6 +206,7 @@ def main() -> None:
         minutes=args.rl_minutes,
         every=args.eval_every,
         logged={"reward": f"reward/{heldout.name}"},
+        partial=args.out / "rl_learning.partial.json",
     )
     start, best, final = curve[0]["accuracy"], max(c["accuracy"] for c in curve), curve[-1]["accuracy"]
     result = {

@@ -182,6 +182,7 @@ def main() -> None:
             "reward": "reward/tool_use",
             "correct": f"{'component' if success_weighted else 'metric'}/correct",
         },
+        partial=args.out / "rl_tool_use.partial.json",
     )
     first, last = curve[0], curve[-1]
     result = {

@@ -90,4 +90,5 @@ def test_quickstart_smoke_and_report(tmp_path):
 
     again = smoke(tmp_path)  # every stage finished: the rerun skips them
     assert again.returncode == 0
-    assert again.stdout.count("done earlier, skipped") >= 7
+    assert again.stdout.count("done earlier, skipped") == 8  # synthesis, corpus, tokenizer, ..., eval
+    assert "synth: done earlier, skipped" in again.stdout

@@ -3,9 +3,10 @@
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from agentfactory.config import load_config
-from agentfactory.pipeline import PipelineConfig
+from agentfactory.pipeline import PipelineConfig, run_synth_stage
 
 PIPELINES = Path(__file__).parents[2] / "pipelines"
 
@@ -37,3 +38,20 @@ def test_the_gpu_quickstart_differs_from_the_quickstart_only_in_scale():
     # more synthesized worlds, still none of them held out or in the corpus
     assert gpu["eval.world_start"] + gpu["eval.worlds"] <= 100 == gpu["synth.world_start"]
     assert gpu["synth.world_start"] + gpu["synth.worlds"] <= gpu["corpus.world_start"]
+
+
+def test_a_finished_synthesis_is_skipped_until_its_config_changes(tmp_path):
+    """A rerun neither starts workers nor rewrites the dataset; more tasks resume and re-export."""
+    cfg = PipelineConfig(
+        name="s", output_dir=str(tmp_path), synth={"domains": ["smart_home"], "worlds": 1, "max_tasks": 4}
+    )
+    console = Console(record=True, width=200)
+    first = run_synth_stage(cfg, console, use_ray=False)
+    hf = tmp_path / "s" / "synth" / "dataset" / "hf"
+    stamp = hf.stat().st_mtime_ns
+    again = run_synth_stage(cfg, console, use_ray=False)
+    assert "synth: done earlier, skipped" in console.export_text()
+    assert again == first and hf.stat().st_mtime_ns == stamp
+    more = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={"max_tasks": 6})})
+    extended = run_synth_stage(more, console, use_ray=False)
+    assert extended["tasks"] == 6 > first["tasks"] == 4 and extended["rows"] >= first["rows"]
