@@ -411,20 +411,10 @@ def test_bad_batch_split_is_a_config_error(corpus, tmp_path):
         _pretrain_config(corpus, tmp_path, batch_size=6, micro_batch_size=4)
 
 
-def test_compiled_layers_train_like_eager(corpus, tmp_path, monkeypatch):
-    """`compile: true` traces each layer with dynamo and AOT autograd (the MoE layer's graph break at
-    its data-dependent expert counts included) and trains as eager does. The backend is aot_eager
-    here: inductor's C++ codegen is PyTorch's part, not ours, and costs two minutes of g++ on a cold
-    2-core machine; tests/gpu runs the default inductor backend on CUDA, where `compile` is for."""
-    import torch
-    from torch._dynamo.utils import counters
-
-    compile_module = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self: compile_module(self, backend="aot_eager"))
+def test_compiled_layers_train_like_eager(corpus, tmp_path, aot_eager_compile):
     eager = pretrain(_pretrain_config(corpus, tmp_path / "eager", steps=3))
-    counters.clear()
     compiled = pretrain(_pretrain_config(corpus, tmp_path / "compiled", steps=3, compile=True))
-    assert counters["aot_autograd"]["ok"] >= 3  # the dense layer, the MoE layer's two halves
+    assert aot_eager_compile["aot_autograd"]["ok"] >= 3  # the dense layer, the MoE layer's two halves
     assert _losses(compiled.metrics_path) == pytest.approx(_losses(eager.metrics_path), rel=1e-4)
 
 
