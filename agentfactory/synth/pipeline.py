@@ -11,6 +11,7 @@ to a cluster.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -173,9 +174,15 @@ class _Pool:
 def run_synth(
     config: SynthConfig, out_dir: str | Path, console: Console | None = None, use_ray: bool = True
 ) -> dict[str, Any]:
-    """Run (or resume) synthesis into `out_dir`; returns the summary also written to the manifest."""
+    """Run (or resume) synthesis into `out_dir`; returns the summary also written to the manifest.
+
+    Without Ray installed (e.g. a GPU image that has only PyTorch) and no cluster asked for, the
+    workers run in this process: the same records, one core."""
     console = console or Console()
     t0 = time.perf_counter()
+    if use_ray and config.ray_address is None and importlib.util.find_spec("ray") is None:
+        console.print("[yellow]Ray is not installed: synthesizing in this process (one core)")
+        use_ray = False
     writable_dir(out_dir)
     paths = domain_paths(config)
     store = ShardStore(out_dir, config.fingerprint(), config.shard_size)

@@ -41,19 +41,11 @@ def render(page: Path, tmp: Path) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
 
 
-def smoke(out: Path) -> subprocess.CompletedProcess:
+def smoke(out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
     curriculum = "curriculum={data: {rows: 64}, train: {steps: 3, batch_size: 4, micro_batch_size: 4}}"
-    cmd = [
-        str(BIN),
-        "run",
-        "pipelines/quickstart.yaml",
-        "--smoke",
-        "--set",
-        f"output_dir={out}",
-        "--set",
-        curriculum,
-    ]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    sets = [f"output_dir={out}", curriculum, *overrides]
+    cmd = [str(BIN), "run", "pipelines/quickstart.yaml", "--smoke", *(x for s in sets for x in ("--set", s))]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
 def test_quickstart_smoke_and_report(tmp_path):

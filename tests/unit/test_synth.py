@@ -192,6 +192,29 @@ def test_resume_skips_finished_work_and_refuses_another_config(tmp_path):
         run_synth(cfg.model_copy(update={"seed": 1}), tmp_path / "a", use_ray=False)
 
 
+def test_without_ray_installed_the_workers_run_in_process(run, tmp_path, monkeypatch):
+    """A machine with only PyTorch (a GPU image) still synthesizes: same records, a warning."""
+    import importlib.util
+    import sys
+
+    from rich.console import Console
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a)
+    )
+    monkeypatch.setitem(sys.modules, "ray", None)  # any `import ray` now fails
+    console = Console(record=True, width=200)
+    summary = run_synth(small(), tmp_path, console, use_ray=True)
+    assert "Ray is not installed" in console.export_text()
+    out, expected = run
+    assert summary["accepted"] == expected["accepted"]
+    records = ShardStore(tmp_path, small().fingerprint()).records()
+    assert sorted(r.meta["id"] for r in records) == sorted(
+        r.meta["id"] for r in ShardStore(out, small().fingerprint()).records()
+    )
+
+
 def test_llm_judge_votes_by_majority_with_shuffled_criteria():
     from agentfactory.records import LLMCriterion, RolloutStatus, Rubric, Task, Trajectory
 
