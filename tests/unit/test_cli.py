@@ -20,6 +20,19 @@ def test_help_and_version():
     assert runner.invoke(app, ["no-such-command"]).exit_code == 2
 
 
+def test_python_dash_m_is_the_cli():
+    """`python -m agentfactory` where the console script is not installed (a checkout on PYTHONPATH)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "agentfactory", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "Usage: agentfactory" in r.stdout and "run" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "agentfactory", "no-such-command"], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+
+
 def test_domains_validate_all_and_list():
     r = runner.invoke(app, ["domains", "validate"])
     assert r.exit_code == 0, r.output
