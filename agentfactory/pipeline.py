@@ -142,7 +142,7 @@ def run_synth_stage(
     """Synthesize into <run>/synth (resuming what is there), then export <run>/synth/dataset.
 
     Skipped when an earlier run finished and exported the same synthesis (its records' config and
-    task count): a rerun would start Ray and rewrite an identical dataset."""
+    task count) and the export is still there: a rerun would start Ray and rewrite the same dataset."""
     import shutil
 
     from agentfactory.synth.export import export_dataset, write_examples
@@ -153,7 +153,8 @@ def run_synth_stage(
     if overwrite and out.exists():
         shutil.rmtree(out)
     key = {"fingerprint": config.synth.fingerprint(), "max_tasks": config.synth.max_tasks}
-    if (prior := done(out)) is not None and prior.get("key") == key:
+    prior = done(out)
+    if prior is not None and prior.get("key") == key and (out / "dataset" / "hf").exists():
         console.print("[dim]synth: done earlier, skipped")
         return prior
     t0 = time.perf_counter()

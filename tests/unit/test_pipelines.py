@@ -1,5 +1,6 @@
 """The shipped pipeline configs: each validates, and the GPU quickstart is the quickstart scaled up."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,8 @@ def test_a_finished_synthesis_is_skipped_until_its_config_changes(tmp_path):
     again = run_synth_stage(cfg, console, use_ray=False)
     assert "synth: done earlier, skipped" in console.export_text()
     assert again == first and hf.stat().st_mtime_ns == stamp
+    shutil.rmtree(hf)  # the export deleted by hand: exported again
+    assert run_synth_stage(cfg, console, use_ray=False)["rows"] == first["rows"] and hf.exists()
     more = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={"max_tasks": 6})})
     extended = run_synth_stage(more, console, use_ray=False)
     assert extended["tasks"] == 6 > first["tasks"] == 4 and extended["rows"] >= first["rows"]
